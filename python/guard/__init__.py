@@ -7,9 +7,10 @@ Public API (DESIGN.md §2), re-exported explicitly:
     guard.category_moments(rewards, categories, num_categories)
     guard.metrics.ks_distance(rewards_a, rewards_b)
     guard.data.dedup(prompts, responses)
+    guard.ops.fused_preference_loss(hidden, lm_head_weight, labels, ref_logps, loss_type="sigmoid")
 """
 
-from guard import data, losses, metrics
+from guard import data, losses, metrics, ops
 from guard.losses import bt_pair_losses, category_moments, pair_losses, spo_pair_losses
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ __all__ = [
     "data",
     "losses",
     "metrics",
+    "ops",
     "pair_losses",
     "spo_pair_losses",
 ]

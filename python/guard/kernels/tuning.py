@@ -1,0 +1,62 @@
+"""Block sizes, warps and pipeline stages for every guard kernel, chosen per shape and device in one place.
+
+The CPU interpreter (TRITON_INTERPRET=1) gets small blocks so tests stay fast and still cross tile
+boundaries; CUDA gets tiles sized for Hopper's tensor cores. Every block is a power of two and at least
+16, the smallest `tl.dot` operand the compiler accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+
+@dataclass(frozen=True)
+class LinearLogprobsBlocks:
+    """Tiling of the fused linear log-softmax: rows x vocab tiles, reduced over hidden in chunks."""
+
+    block_n: int  # rows of hidden per program
+    block_v: int  # vocabulary columns per tile
+    block_h: int  # hidden chunk per tl.dot
+    splits: int  # forward: vocabulary ranges reduced in parallel, then merged
+    v_per_split: int  # columns per split, a multiple of block_v
+    num_warps: int
+    num_stages: int
+
+
+def linear_logprobs_blocks(n_rows: int, vocab: int, hidden: int, dtype: torch.dtype, device: torch.device) -> LinearLogprobsBlocks:
+    if device.type != "cuda":  # the interpreter: small tiles, two vocabulary splits to exercise the merge
+        block_n, block_v, block_h, warps, stages, target_programs = 16, 64, 32, 4, 1, 2
+    elif dtype == torch.float32:  # ieee fp32 dots: smaller tiles for registers
+        block_n, block_v, block_h, warps, stages, target_programs = 64, 64, 32, 4, 2, 4 * _sm_count(device)
+    else:
+        block_n, block_v, block_h, warps, stages, target_programs = 128, 128, 64, 8, 3, 2 * _sm_count(device)
+    block_n = max(16, min(block_n, triton.next_power_of_2(max(n_rows, 1))))
+    block_h = max(16, min(block_h, triton.next_power_of_2(hidden)))
+    row_blocks = triton.cdiv(max(n_rows, 1), block_n)
+    v_tiles = triton.cdiv(vocab, block_v)
+    splits = max(1, min(v_tiles, triton.cdiv(target_programs, row_blocks)))
+    v_per_split = triton.cdiv(v_tiles, splits) * block_v
+    splits = triton.cdiv(vocab, v_per_split)  # no empty split
+    return LinearLogprobsBlocks(block_n, block_v, block_h, splits, v_per_split, warps, stages)
+
+
+@dataclass(frozen=True)
+class RowBlocks:
+    """Tiling of kernels that stream rows of a [N, V] logits tensor."""
+
+    block_n: int
+    block_v: int
+    num_warps: int
+
+
+def logits_logprobs_blocks(n_rows: int, vocab: int, device: torch.device) -> RowBlocks:
+    if device.type != "cuda":
+        return RowBlocks(block_n=4, block_v=64, num_warps=4)
+    return RowBlocks(block_n=1, block_v=min(4096, triton.next_power_of_2(vocab)), num_warps=8)
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
