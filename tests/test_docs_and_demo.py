@@ -19,6 +19,8 @@ def test_readme_usage_block_runs():
     assert namespace["keep"].tolist() == [0, 1]
     assert namespace["moments"].shape == (4, 2, 4) and namespace["counts"].tolist() == [3, 4, 1, 0]
     assert 0.0 <= namespace["p_value"] <= 1.0 and set(namespace["audit"]) == {"auc_mean", "auc_std", "ba_mean", "ba_std"}
+    assert namespace["out"].moments.shape == (2, 2, 4) and namespace["hidden"].grad is not None
+    assert namespace["logp"].shape == namespace["entropy"].shape == (24,)
 
 
 def test_default_job_learns_rewards_and_reports_the_shift():

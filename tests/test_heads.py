@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from guard.kernels import bt_head, preference_head
 from guard.kernels.bt_head import BTHeadFunction
 from guard.kernels.preference_head import PreferenceHeadFunction
+from guard.kernels.tuning import head_blocks
 from guard.losses import (
     LOSS_TYPES,
     MOMENT_VARIANCE_FLOOR,
@@ -211,7 +212,7 @@ def test_kto_reference_points_both_sides_of_zero(offset):
 )
 def test_preference_head_several_blocks(loss_type, with_cats):
     num_categories = 19 if with_cats else None
-    block_b, block_c = preference_head._block_sizes(1 << 20, num_categories)  # the largest BLOCK_B for C
+    block_b, block_c = head_blocks(1 << 20, num_categories)  # the largest BLOCK_B for C
     batch = 2 * block_b + 37  # three blocks, the last one partial
     assert batch > 2 * block_b and block_c >= (num_categories or 1)
     logps, ref, cats, prev = make_case(3, batch, num_categories or 0, 2 if loss_type == "spo" else 0)
@@ -412,7 +413,7 @@ def test_bt_head_matches_reference(batch, margin_kind):
 @pytest.mark.parametrize("with_cats", [True, False])
 def test_bt_head_several_blocks(with_cats):
     num_categories = 19 if with_cats else None
-    block_b = bt_head._block_sizes(1 << 20, num_categories)[0]
+    block_b = head_blocks(1 << 20, num_categories)[0]
     batch = 2 * block_b + 37
     chosen, rejected, margin, cats = bt_case(9, batch, num_categories or 0)
     check_bt(chosen, rejected, margin, cats, num_categories, 0.02, seed=9)

@@ -193,3 +193,42 @@ def test_bad_input_is_named():
         ops.fused_preference_loss(hidden, weight, bad, ref_logps)
     with pytest.raises(ValueError, match="both be \\[B\\]"):
         ops.bt_loss(torch.zeros(3), torch.zeros(4))
+
+
+@needs_triton
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")  # dynamo's own probe
+def test_preference_and_bt_ops_work_under_torch_compile():
+    hidden, weight, bias, labels, ref_logps, categories, previous, _ = make_batch(4, 5, 16, 50, rounds=1, seed=9)
+
+    def step(hd, w):
+        out = ops.fused_preference_loss(hd, w, labels, ref_logps, loss_type="spo", categories=categories, num_categories=5,
+                                        previous_logratios=previous, alphas=[0.2], bias=bias)
+        rm = ops.bt_loss(out.rewards[:4], out.rewards[4:], categories=categories, num_categories=5, margin=0.1)
+        return out.loss + out.moments.sum() + rm.loss + rm.moments.sum()
+
+    compiled = torch.compile(step, backend="aot_eager")
+    with ops.backend("triton"):
+        eager = [t.clone().requires_grad_() for t in (hidden, weight)]
+        traced = [t.clone().requires_grad_() for t in (hidden, weight)]
+        expected, got = step(*eager), compiled(*traced)
+        expected.backward()
+        got.backward()
+    torch.testing.assert_close(got, expected)
+    for a, e in zip(traced, eager):
+        torch.testing.assert_close(a.grad, e.grad)
+
+
+@needs_triton
+def test_head_custom_ops_pass_opcheck():
+    from guard.kernels import bt_head, preference_head
+
+    gen = torch.Generator().manual_seed(0)
+    logps, ref = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    cats, prev, kappas = torch.tensor([0, 1, 1, 2]), torch.randn(1, 8, generator=gen), torch.tensor([-0.02])
+    torch.library.opcheck(preference_head.preference_head_fwd, (logps, ref, cats, prev, kappas, "spo", 0.1, 0.0, 3))
+    torch.library.opcheck(preference_head.preference_head_fwd, (logps, None, None, None, None, "sigmoid", 0.1, 0.0, 0))
+    grads = (torch.ones(()), torch.ones(4), torch.ones(8), torch.ones(3, 2, 4))
+    torch.library.opcheck(preference_head.preference_head_bwd, (logps, ref, cats, prev, kappas, *grads, "spo", 0.1, 0.0, 3))
+    c, r = logps[:4].clone(), logps[4:].clone()
+    torch.library.opcheck(bt_head.bt_head_fwd, (c, r, None, 0.2, cats, 3, 0.01))
+    torch.library.opcheck(bt_head.bt_head_bwd, (c, r, torch.rand(4), 0.0, cats, 3, 0.0, torch.ones(()), None, torch.ones(3, 2, 4)))

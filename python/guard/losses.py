@@ -46,6 +46,16 @@ def _check_pair(chosen: torch.Tensor, rejected: torch.Tensor, what: str) -> None
     _check_finite(f"rejected_{what}", rejected)
 
 
+def check_preference_params(loss_type: str, beta: float, label_smoothing: float, allowed: Sequence[str]) -> None:
+    """ValueError unless loss_type is in `allowed`, beta > 0 and label_smoothing is in [0, 0.5)."""
+    if loss_type not in allowed:
+        raise ValueError(f"loss_type must be one of {tuple(allowed)}, got {loss_type!r}")
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+
+
 def pair_losses(
     chosen_logratios: torch.Tensor,
     rejected_logratios: torch.Tensor,
@@ -69,12 +79,7 @@ def pair_losses(
 
     The constants in APO's losses change no gradient; they keep every loss non-negative.
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if beta <= 0:
-        raise ValueError(f"beta must be positive, got {beta}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    check_preference_params(loss_type, beta, label_smoothing, LOSS_TYPES)
     _check_pair(chosen_logratios, rejected_logratios, "logratios")
     lr_c, lr_r = chosen_logratios, rejected_logratios
     if loss_type == "sigmoid":

@@ -401,12 +401,7 @@ def fused_preference_loss(
     + 2 ops for the per-sequence sum + 1 head kernel (losses, rewards, moments); backward = 1 head kernel
     + 1 linear kernel (+ zero-fills and dtype casts).
     """
-    if loss_type not in PREFERENCE_LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {PREFERENCE_LOSS_TYPES}, got {loss_type!r}")
-    if beta <= 0:
-        raise ValueError(f"beta must be positive, got {beta}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    losses.check_preference_params(loss_type, beta, label_smoothing, PREFERENCE_LOSS_TYPES)
     if hidden.dim() != 3 or hidden.shape[0] % 2:
         raise ValueError(f"hidden must be [2B, T, H] (chosen rows, then rejected rows), got {tuple(hidden.shape)}")
     rows = hidden.shape[0]

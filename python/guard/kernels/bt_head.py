@@ -11,8 +11,9 @@ A single program (grid = (1,)) walks the batch in blocks of BLOCK_B pairs:
 
 The rewards may be float32, bfloat16 or float16: they are read, and everything is computed, in float32;
 the outputs are float32 and the gradients come back in each input's dtype. The math is
-`guard.losses.bt_pair_losses` and `guard.losses.category_moments` (DESIGN.md §3); the moment derivatives
-are in `guard.kernels.moments`.
+`guard.losses.bt_pair_losses` and `guard.losses.category_moments` (DESIGN.md §3); the moment passes and
+their derivatives are in `guard.kernels.moments`, σ and logσ in `guard.kernels.stable_math`, the block
+sizes in `guard.kernels.tuning.head_blocks`.
 
     loss, pair_losses, moments, counts, accuracy = BTHeadFunction.apply(
         chosen_rewards, rejected_rewards, margin, categories, num_categories, center_coef)
@@ -26,31 +27,19 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from guard.kernels.moments import (
+    _add_pair_power_sums,
+    _add_pair_sums,
     _category_onehot,
-    _category_sum,
-    _central_power_sums,
     _moment_grad,
     _moment_grad_coefficients,
-    _store_moments,
+    _pair_means,
+    _store_pair_moments,
+    _zero_pair_power_sums,
+    _zero_pair_sums,
 )
+from guard.kernels.stable_math import _log_sigmoid, _sigmoid
+from guard.kernels.tuning import head_blocks
 from guard.losses import MOMENT_VARIANCE_FLOOR
-
-
-@triton.jit
-def _sigmoid(x):
-    e = tl.exp(-tl.abs(x))  # never overflows
-    inv = 1.0 / (1.0 + e)
-    return tl.where(x >= 0, inv, e * inv)
-
-
-@triton.jit
-def _log_sigmoid(x):
-    # logσ(x) = min(x, 0) − log1p(e^−|x|), log1p(e) as log(u)·e/(u − 1) with u = 1 + e (e where u rounds to 1).
-    e = tl.exp(-tl.abs(x))
-    u = 1.0 + e
-    exact = u == 1.0
-    log1p = tl.where(exact, e, tl.log(u) * (e / tl.where(exact, 1.0, u - 1.0)))
-    return tl.minimum(x, 0.0) - log1p
 
 
 @triton.jit
@@ -69,6 +58,23 @@ def _bt_margin(r_c, r_r, margin_ptr, margin_value, offs, mask, HAS_MARGIN: tl.co
 
 
 @triton.jit
+def _reward_power_sums(
+    chosen_ptr, rejected_ptr, cats_ptr, B, mean_c, mean_r, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr
+):
+    """Pass 2: Σd², Σd³, Σd⁴ per category of the chosen, then of the rejected rewards."""
+    rows = tl.arange(0, BLOCK_B)
+    s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _zero_pair_power_sums(BLOCK_C)
+    for start in range(0, B, BLOCK_B):
+        offs = start + rows
+        mask = offs < B
+        r_c, r_r = _load_rewards(chosen_ptr, rejected_ptr, offs, mask)
+        s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _add_pair_power_sums(
+            s2_c, s3_c, s4_c, s2_r, s3_r, s4_r, cats_ptr, offs, mask, r_c, r_r, mean_c, mean_r, BLOCK_C
+        )
+    return s2_c, s3_c, s4_c, s2_r, s3_r, s4_r
+
+
+@triton.jit
 def _bt_head_fwd_kernel(
     chosen_ptr, rejected_ptr, margin_ptr, cats_ptr,
     loss_ptr, pair_losses_ptr, moments_ptr, counts_ptr, accuracy_ptr,
@@ -77,14 +83,11 @@ def _bt_head_fwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr,
 ):  # fmt: skip
     rows = tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_C)
 
     # Pass 1: losses, accuracy, per-category counts and sums.
     total = tl.zeros([BLOCK_B], dtype=tl.float32)
     correct = tl.zeros([BLOCK_B], dtype=tl.float32)
-    count = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_r = tl.zeros([BLOCK_C], dtype=tl.float32)
+    count, sum_c, sum_r = _zero_pair_sums(BLOCK_C)
     for start in range(0, B, BLOCK_B):
         offs = start + rows
         mask = offs < B
@@ -97,42 +100,20 @@ def _bt_head_fwd_kernel(
         total += loss
         correct += tl.where(mask & (r_c > r_r), 1.0, 0.0)
         if HAS_CATS:
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
-            count += tl.sum(onehot, axis=0)
-            sum_c += _category_sum(onehot, r_c)
-            sum_r += _category_sum(onehot, r_r)
+            count, sum_c, sum_r = _add_pair_sums(count, sum_c, sum_r, cats_ptr, offs, mask, r_c, r_r, BLOCK_C)
     tl.store(loss_ptr, tl.sum(total, axis=0) / B)
     tl.store(accuracy_ptr, tl.sum(correct, axis=0) / B)
 
     # Pass 2: the centered powers.
     if HAS_CATS:
-        inv_n = 1.0 / tl.maximum(count, 1.0)
-        mean_c = sum_c * inv_n
-        mean_r = sum_r * inv_n
-        s2_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s3_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s4_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s2_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s3_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s4_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for start in range(0, B, BLOCK_B):
-            offs = start + rows
-            mask = offs < B
-            r_c, r_r = _load_rewards(chosen_ptr, rejected_ptr, offs, mask)
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
-            p2, p3, p4 = _central_power_sums(onehot, r_c, mean_c)
-            s2_c += p2
-            s3_c += p3
-            s4_c += p4
-            p2, p3, p4 = _central_power_sums(onehot, r_r, mean_r)
-            s2_r += p2
-            s3_r += p3
-            s4_r += p4
-        _store_moments(moments_ptr, 0, mean_c, s2_c * inv_n, s3_c * inv_n, s4_c * inv_n, C, BLOCK_C, VARIANCE_FLOOR)
-        _store_moments(moments_ptr, 1, mean_r, s2_r * inv_n, s3_r * inv_n, s4_r * inv_n, C, BLOCK_C, VARIANCE_FLOOR)
-        tl.store(counts_ptr + cols, count.to(tl.int64), mask=cols < C)
+        inv_n, mean_c, mean_r = _pair_means(count, sum_c, sum_r)
+        s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _reward_power_sums(
+            chosen_ptr, rejected_ptr, cats_ptr, B, mean_c, mean_r, BLOCK_B, BLOCK_C
+        )
+        _store_pair_moments(
+            moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r,
+            C, BLOCK_C, VARIANCE_FLOOR,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -149,50 +130,21 @@ def _bt_head_bwd_kernel(
     # Passes 1–2 (as forward), only for the moments: per-category means, central moments, and the
     # per-category factors of the moment gradient.
     if MOMENT_GRADS:
-        count = tl.zeros([BLOCK_C], dtype=tl.float32)
-        sum_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        sum_r = tl.zeros([BLOCK_C], dtype=tl.float32)
+        count, sum_c, sum_r = _zero_pair_sums(BLOCK_C)
         for start in range(0, B, BLOCK_B):
             offs = start + rows
             mask = offs < B
             r_c, r_r = _load_rewards(chosen_ptr, rejected_ptr, offs, mask)
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
-            count += tl.sum(onehot, axis=0)
-            sum_c += _category_sum(onehot, r_c)
-            sum_r += _category_sum(onehot, r_r)
-        inv_n = 1.0 / tl.maximum(count, 1.0)
-        mean_c = sum_c * inv_n
-        mean_r = sum_r * inv_n
-        s2_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s3_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s4_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s2_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s3_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s4_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for start in range(0, B, BLOCK_B):
-            offs = start + rows
-            mask = offs < B
-            r_c, r_r = _load_rewards(chosen_ptr, rejected_ptr, offs, mask)
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
-            p2, p3, p4 = _central_power_sums(onehot, r_c, mean_c)
-            s2_c += p2
-            s3_c += p3
-            s4_c += p4
-            p2, p3, p4 = _central_power_sums(onehot, r_r, mean_r)
-            s2_r += p2
-            s3_r += p3
-            s4_r += p4
-        m2_c = s2_c * inv_n
-        m3_c = s3_c * inv_n
-        m2_r = s2_r * inv_n
-        m3_r = s3_r * inv_n
-        a0_c, a1_c, a2_c, a3_c = _moment_grad_coefficients(
-            g_moments_ptr, 0, inv_n, m2_c, m3_c, s4_c * inv_n, C, BLOCK_C, VARIANCE_FLOOR
+            count, sum_c, sum_r = _add_pair_sums(count, sum_c, sum_r, cats_ptr, offs, mask, r_c, r_r, BLOCK_C)
+        inv_n, mean_c, mean_r = _pair_means(count, sum_c, sum_r)
+        s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _reward_power_sums(
+            chosen_ptr, rejected_ptr, cats_ptr, B, mean_c, mean_r, BLOCK_B, BLOCK_C
         )
-        a0_r, a1_r, a2_r, a3_r = _moment_grad_coefficients(
-            g_moments_ptr, 1, inv_n, m2_r, m3_r, s4_r * inv_n, C, BLOCK_C, VARIANCE_FLOOR
+        m2_c, m3_c, a0_c, a1_c, a2_c, a3_c = _moment_grad_coefficients(
+            g_moments_ptr, 0, inv_n, s2_c, s3_c, s4_c, C, BLOCK_C, VARIANCE_FLOOR
+        )
+        m2_r, m3_r, a0_r, a1_r, a2_r, a3_r = _moment_grad_coefficients(
+            g_moments_ptr, 1, inv_n, s2_r, s3_r, s4_r, C, BLOCK_C, VARIANCE_FLOOR
         )
 
     # Pass 3: the gradients.
@@ -220,20 +172,11 @@ def _bt_head_bwd_kernel(
             grad_c += g_pair * d_c
             grad_r += g_pair * d_r
         if MOMENT_GRADS:
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
+            onehot = _category_onehot(cats_ptr, offs, mask, BLOCK_C)
             grad_c += _moment_grad(onehot, r_c, mean_c, m2_c, m3_c, a0_c, a1_c, a2_c, a3_c)
             grad_r += _moment_grad(onehot, r_r, mean_r, m2_r, m3_r, a0_r, a1_r, a2_r, a3_r)
         tl.store(grad_chosen_ptr + offs, grad_c.to(grad_chosen_ptr.dtype.element_ty), mask=mask)
         tl.store(grad_rejected_ptr + offs, grad_r.to(grad_rejected_ptr.dtype.element_ty), mask=mask)
-
-
-def _block_sizes(batch: int, num_categories: int | None) -> tuple[int, int]:
-    """BLOCK_C ≥ C; BLOCK_B keeps a [BLOCK_B, BLOCK_C] one-hot tile at 4096 elements or fewer (it lives in
-    registers), and at most 1024 rows without categories."""
-    block_c = max(2, triton.next_power_of_2(num_categories or 1))
-    block_b = max(16, min(triton.next_power_of_2(batch), 4096 // block_c, 1024))
-    return block_b, block_c
 
 
 def _check_inputs(chosen_rewards, rejected_rewards, margin, categories, num_categories):
@@ -265,48 +208,68 @@ def _check_inputs(chosen_rewards, rejected_rewards, margin, categories, num_cate
     return batch
 
 
-def _bt_head_forward(chosen, rejected, margin, categories, num_categories, center_coef):
-    """One launch: (loss, pair_losses, moments | None, counts | None, accuracy). Inputs contiguous."""
+@torch.library.custom_op("guard::bt_head_fwd", mutates_args=())
+def bt_head_fwd(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None, margin_value: float,
+    categories: torch.Tensor | None, num_categories: int, center_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One launch: (loss, pair_losses, moments, counts, accuracy); without categories moments is [0, 2, 4]
+    and counts [0]. A margin tensor, when given, replaces margin_value. Inputs contiguous. A custom op,
+    so torch.compile calls it as one opaque node."""
     batch = chosen.shape[0]
     device = chosen.device
     has_cats = categories is not None
-    has_margin = isinstance(margin, torch.Tensor)
-    block_b, block_c = _block_sizes(batch, num_categories if has_cats else None)
+    block_b, block_c = head_blocks(batch, num_categories if has_cats else None)
     loss = torch.empty((), dtype=torch.float32, device=device)
     accuracy = torch.empty((), dtype=torch.float32, device=device)
     pair_losses = torch.empty(batch, dtype=torch.float32, device=device)
-    moments = counts = None
-    if has_cats:
-        moments = torch.empty(num_categories, 2, 4, dtype=torch.float32, device=device)
-        counts = torch.empty(num_categories, dtype=torch.int64, device=device)
+    moments = torch.empty(num_categories if has_cats else 0, 2, 4, dtype=torch.float32, device=device)
+    counts = torch.empty(num_categories if has_cats else 0, dtype=torch.int64, device=device)
     _bt_head_fwd_kernel[(1,)](
-        chosen, rejected, margin if has_margin else chosen, categories if has_cats else chosen,
-        loss, pair_losses, pair_losses if moments is None else moments, pair_losses if counts is None else counts, accuracy,
-        batch, num_categories if has_cats else 1, 0.0 if has_margin or margin is None else float(margin), float(center_coef),
-        HAS_MARGIN=has_margin, HAS_CENTER=bool(center_coef), HAS_CATS=has_cats,
+        chosen, rejected, chosen if margin is None else margin, categories if has_cats else chosen,
+        loss, pair_losses, pair_losses if not has_cats else moments, pair_losses if not has_cats else counts, accuracy,
+        batch, num_categories if has_cats else 1, float(margin_value), float(center_coef),
+        HAS_MARGIN=margin is not None, HAS_CENTER=bool(center_coef), HAS_CATS=has_cats,
         BLOCK_B=block_b, BLOCK_C=block_c, VARIANCE_FLOOR=MOMENT_VARIANCE_FLOOR,
     )  # fmt: skip
     return loss, pair_losses, moments, counts, accuracy
 
 
-def _bt_head_backward(chosen, rejected, margin, categories, num_categories, center_coef, g_loss, g_pair, g_moments):
+@bt_head_fwd.register_fake
+def _(chosen, rejected, margin, margin_value, categories, num_categories, center_coef):
+    cats = num_categories if categories is not None else 0
+    f32 = dict(dtype=torch.float32, device=chosen.device)
+    return (torch.empty((), **f32), torch.empty(chosen.shape[0], **f32), torch.empty(cats, 2, 4, **f32),
+            torch.empty(cats, dtype=torch.int64, device=chosen.device), torch.empty((), **f32))
+
+
+@torch.library.custom_op("guard::bt_head_bwd", mutates_args=())
+def bt_head_bwd(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None, margin_value: float,
+    categories: torch.Tensor | None, num_categories: int, center_coef: float,
+    g_loss: torch.Tensor | None, g_pair: torch.Tensor | None, g_moments: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One launch: (∂/∂chosen, ∂/∂rejected) of Σ g·output over the outputs whose upstream gradient is not None."""
     batch = chosen.shape[0]
-    has_margin = isinstance(margin, torch.Tensor)
     moment_grads = categories is not None and g_moments is not None
-    block_b, block_c = _block_sizes(batch, num_categories if categories is not None else None)
+    block_b, block_c = head_blocks(batch, num_categories if categories is not None else None)
     grad_chosen = torch.empty_like(chosen)
     grad_rejected = torch.empty_like(rejected)
     _bt_head_bwd_kernel[(1,)](
-        chosen, rejected, margin if has_margin else chosen, categories if moment_grads else chosen,
+        chosen, rejected, chosen if margin is None else margin, categories if moment_grads else chosen,
         grad_chosen if g_loss is None else g_loss.contiguous(), grad_chosen if g_pair is None else g_pair.contiguous(),
         grad_chosen if not moment_grads else g_moments.contiguous(), grad_chosen, grad_rejected,
-        batch, num_categories if moment_grads else 1, 0.0 if has_margin or margin is None else float(margin), float(center_coef),
-        HAS_MARGIN=has_margin, HAS_CENTER=bool(center_coef), MOMENT_GRADS=moment_grads,
+        batch, num_categories if moment_grads else 1, float(margin_value), float(center_coef),
+        HAS_MARGIN=margin is not None, HAS_CENTER=bool(center_coef), MOMENT_GRADS=moment_grads,
         HAS_G_LOSS=g_loss is not None, HAS_G_PAIR=g_pair is not None,
         BLOCK_B=block_b, BLOCK_C=block_c, VARIANCE_FLOOR=MOMENT_VARIANCE_FLOOR,
     )  # fmt: skip
     return grad_chosen, grad_rejected
+
+
+@bt_head_bwd.register_fake
+def _(chosen, rejected, *args):
+    return torch.empty_like(chosen), torch.empty_like(rejected)
 
 
 class BTHeadFunction(torch.autograd.Function):
@@ -328,12 +291,17 @@ class BTHeadFunction(torch.autograd.Function):
         rejected = rejected_rewards.contiguous()
         margin_tensor = margin.contiguous() if isinstance(margin, torch.Tensor) else None
         categories = None if categories is None else categories.contiguous()
-        outputs = _bt_head_forward(chosen, rejected, margin if margin_tensor is None else margin_tensor, categories, num_categories, center_coef)
+        margin_value = 0.0 if margin_tensor is not None or margin is None else float(margin)
+        loss, pair_losses, moments, counts, accuracy = bt_head_fwd(
+            chosen, rejected, margin_tensor, margin_value, categories, num_categories or 0, float(center_coef)
+        )
         ctx.save_for_backward(chosen, rejected, margin_tensor, categories)
-        ctx.options = (None if margin_tensor is not None else margin, num_categories, float(center_coef))
+        ctx.options = (margin_value, num_categories or 0, float(center_coef))
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(*(t for t in (outputs[3], outputs[4]) if t is not None))
-        return outputs
+        ctx.mark_non_differentiable(counts, accuracy)
+        if categories is None:
+            return loss, pair_losses, None, None, accuracy
+        return loss, pair_losses, moments, counts, accuracy
 
     @staticmethod
     @once_differentiable
@@ -342,9 +310,8 @@ class BTHeadFunction(torch.autograd.Function):
             return (None,) * 6
         chosen, rejected, margin_tensor, categories = ctx.saved_tensors
         margin_value, num_categories, center_coef = ctx.options
-        margin = margin_tensor if margin_tensor is not None else margin_value
-        grad_chosen, grad_rejected = _bt_head_backward(
-            chosen, rejected, margin, categories, num_categories, center_coef, g_loss, g_pair, g_moments
+        grad_chosen, grad_rejected = bt_head_bwd(
+            chosen, rejected, margin_tensor, margin_value, categories, num_categories, center_coef, g_loss, g_pair, g_moments
         )
         return (
             grad_chosen if ctx.needs_input_grad[0] else None,

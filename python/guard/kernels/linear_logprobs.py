@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from guard.kernels.softmax_tiles import _logprob_entropy_grad, _online_logsumexp_fold
 from guard.kernels.tuning import linear_logprobs_blocks
 
 
@@ -74,15 +75,8 @@ def _linear_logprobs_fwd_kernel(
         col_mask = cols < v_end
         z = _logit_tile(hidden_ptr, weight_ptr, bias_ptr, rows, cols, row_mask, col_mask, H, stride_h, stride_w,
                         inv_temperature, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION, UPCAST_DOT)
-        z = tl.where(col_mask[None, :], z, float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        rescale = tl.exp(run_max - new_max)
-        p = tl.exp(z - new_max[:, None])
-        run_sum = run_sum * rescale + tl.sum(p, axis=1)
-        if WITH_ENTROPY:
-            run_ent = run_ent * rescale + tl.sum(p * tl.where(col_mask[None, :], z, 0.0), axis=1)
-        run_max = new_max
-        label_logit += tl.sum(tl.where(cols[None, :] == labels[:, None], z, 0.0), axis=1)
+        run_max, run_sum, run_ent, label_logit = _online_logsumexp_fold(
+            run_max, run_sum, run_ent, label_logit, z, cols, col_mask, labels, WITH_ENTROPY)
 
     offs = split * N + rows
     tl.store(part_max_ptr + offs, run_max, mask=row_mask)
@@ -112,14 +106,13 @@ def _linear_logprobs_bwd_kernel(
     z = _logit_tile(hidden_ptr, weight_ptr, bias_ptr, rows, cols, row_mask, col_mask, H, stride_h, stride_w,
                     inv_temperature, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION, UPCAST_DOT)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    logp = z - lse[:, None]
-    p = tl.exp(logp)
     g_logp = tl.load(grad_logp_ptr + rows, mask=row_mask, other=0.0)
-    dz = g_logp[:, None] * (tl.where(cols[None, :] == labels[:, None], 1.0, 0.0) - p)
+    g_ent = g_logp  # placeholders when there is no entropy
+    ent = g_logp
     if WITH_ENTROPY:
         g_ent = tl.load(grad_ent_ptr + rows, mask=row_mask, other=0.0)
         ent = tl.load(entropy_ptr + rows, mask=row_mask, other=0.0)
-        dz -= g_ent[:, None] * p * (logp + ent[:, None])
+    dz = _logprob_entropy_grad(z, lse, cols, labels, g_logp, g_ent, ent, WITH_ENTROPY)
     keep = row_mask[:, None] & col_mask[None, :]
     dz = tl.where(keep, dz * inv_temperature, 0.0)
     dz_in = dz.to(hidden_ptr.dtype.element_ty)  # the dots take the input dtype, as cuBLAS would

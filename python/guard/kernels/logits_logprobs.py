@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from guard.kernels.softmax_tiles import _logprob_entropy_grad, _online_logsumexp_fold
 from guard.kernels.tuning import logits_logprobs_blocks
 
 
@@ -32,17 +33,8 @@ def _logits_logprobs_fwd_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < V
         z = tl.load(logits_ptr + rows[:, None] * stride_n + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0)
-        z = z.to(tl.float32) * inv_temperature
-        z_safe = tl.where(col_mask[None, :], z, 0.0)
-        z = tl.where(col_mask[None, :], z, float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        rescale = tl.exp(run_max - new_max)
-        p = tl.exp(z - new_max[:, None])
-        run_sum = run_sum * rescale + tl.sum(p, axis=1)
-        if WITH_ENTROPY:
-            run_ent = run_ent * rescale + tl.sum(p * z_safe, axis=1)
-        run_max = new_max
-        label_logit += tl.sum(tl.where(cols[None, :] == labels[:, None], z_safe, 0.0), axis=1)
+        run_max, run_sum, run_ent, label_logit = _online_logsumexp_fold(
+            run_max, run_sum, run_ent, label_logit, z.to(tl.float32) * inv_temperature, cols, col_mask, labels, WITH_ENTROPY)
     lse = run_max + tl.log(run_sum)
     valid = labels != ignore_index
     tl.store(lse_ptr + rows, lse, mask=row_mask)
@@ -63,6 +55,8 @@ def _logits_logprobs_bwd_kernel(
     valid = in_range & (labels != ignore_index)
     lse = tl.load(lse_ptr + rows, mask=in_range, other=0.0)
     g_logp = tl.load(grad_logp_ptr + rows, mask=valid, other=0.0)
+    g_ent = g_logp  # placeholders when there is no entropy
+    ent = g_logp
     if WITH_ENTROPY:
         g_ent = tl.load(grad_ent_ptr + rows, mask=valid, other=0.0)
         ent = tl.load(entropy_ptr + rows, mask=valid, other=0.0)
@@ -71,11 +65,7 @@ def _logits_logprobs_bwd_kernel(
         mask = in_range[:, None] & (cols < V)[None, :]
         offs = rows[:, None] * stride_n + cols[None, :]
         z = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32) * inv_temperature
-        logp = z - lse[:, None]
-        p = tl.exp(logp)
-        dz = g_logp[:, None] * (tl.where(cols[None, :] == labels[:, None], 1.0, 0.0) - p)
-        if WITH_ENTROPY:
-            dz -= g_ent[:, None] * p * (logp + ent[:, None])
+        dz = _logprob_entropy_grad(z, lse, cols, labels, g_logp, g_ent, ent, WITH_ENTROPY)
         dz = tl.where(valid[:, None], dz * inv_temperature, 0.0)
         tl.store(grad_logits_ptr + offs, dz.to(grad_logits_ptr.dtype.element_ty), mask=mask)
 

@@ -33,7 +33,8 @@ so with upstream gradients (gμ, gv, gs, gk) on (μ, m2, g1, g2), per category
 
 `_moment_grad_coefficients` computes the four per-category factors (gμ/n, 2·G2/n, 3·G3/n, 4·G4/n) once
 and `_moment_grad` spreads them to the elements. Everything is float32; moments tensors are laid out
-[C, 2, 4] (category, column chosen/rejected, moment).
+[C, 2, 4] (category, column chosen/rejected, moment). The `_pair` helpers at the end run passes 1 and 2
+on both columns at once, one block at a time, the way both heads do, forward and backward.
 """
 
 import triton
@@ -41,9 +42,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _category_onehot(cats, mask, BLOCK_C: tl.constexpr):
-    """[BLOCK_B, BLOCK_C] float32: 1 where row i is live and has category c. Out-of-range categories
-    match no column, so such a row counts nowhere."""
+def _category_onehot(cats_ptr, offs, mask, BLOCK_C: tl.constexpr):
+    """[BLOCK_B, BLOCK_C] float32: 1 where row offs[i] is live and has category c (read at cats_ptr).
+    Out-of-range categories match no column, so such a row counts nowhere."""
+    cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
     cols = tl.arange(0, BLOCK_C)
     hit = (cats[:, None] == cols[None, :]) & mask[:, None]
     return hit.to(tl.float32)
@@ -94,10 +96,14 @@ def _store_moments(moments_ptr, column, mean, m2, m3, m4, C, BLOCK_C: tl.constex
 
 @triton.jit
 def _moment_grad_coefficients(
-    g_moments_ptr, column, inv_n, m2, m3, m4, C, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr
+    g_moments_ptr, column, inv_n, s2, s3, s4, C, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr
 ):
-    """Per-category factors (gμ/n, 2·G2/n, 3·G3/n, 4·G4/n) of the per-element moment gradient, from the
-    upstream gradient g_moments[c, column, :] of a contiguous [C, 2, 4] tensor (see the module docstring)."""
+    """After pass 2 of a backward, one column: (m2, m3) and the per-category factors (gμ/n, 2·G2/n,
+    3·G3/n, 4·G4/n) of the per-element moment gradient, from the power sums s2, s3, s4 and the upstream
+    gradient g_moments[c, column, :] of a contiguous [C, 2, 4] tensor (see the module docstring)."""
+    m2 = s2 * inv_n
+    m3 = s3 * inv_n
+    m4 = s4 * inv_n
     cols = tl.arange(0, BLOCK_C)
     live = cols < C
     base = g_moments_ptr + cols * 8 + column * 4
@@ -114,7 +120,7 @@ def _moment_grad_coefficients(
     g2 = g_var + tl.where(varied, -1.5 * g_skew * skew * inv_m2 - 2.0 * g_kurt * kurt_plus_3 * inv_m2, 0.0)
     g3 = tl.where(varied, g_skew * inv_m2_15, 0.0)
     g4 = tl.where(varied, g_kurt * inv_m2 * inv_m2, 0.0)
-    return g_mean * inv_n, 2.0 * g2 * inv_n, 3.0 * g3 * inv_n, 4.0 * g4 * inv_n
+    return m2, m3, g_mean * inv_n, 2.0 * g2 * inv_n, 3.0 * g3 * inv_n, 4.0 * g4 * inv_n
 
 
 @triton.jit
@@ -124,3 +130,76 @@ def _moment_grad(onehot, v, mean, m2, m3, a0, a1, a2, a3):
     d = v - _gather_category(onehot, mean)
     constant = _gather_category(onehot, a0 - a2 * m2 - a3 * m3)
     return constant + d * (_gather_category(onehot, a1) + d * (_gather_category(onehot, a2) + d * _gather_category(onehot, a3)))
+
+
+# Both columns at once. The heads keep two columns of values per row, chosen (column 0) and rejected
+# (column 1), under one category, so one one-hot tile serves both. A pass over the batch is
+#
+#     count, sum_c, sum_r = _zero_pair_sums(BLOCK_C)                              # pass 1
+#     for each block: count, sum_c, sum_r = _add_pair_sums(count, sum_c, sum_r, ...)
+#     inv_n, mean_c, mean_r = _pair_means(count, sum_c, sum_r)
+#     s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _zero_pair_power_sums(BLOCK_C)        # pass 2
+#     for each block: s2_c, ..., s4_r = _add_pair_power_sums(s2_c, ..., s4_r, ...)
+#
+# then `_store_pair_moments` (forward) or `_moment_grad_coefficients` per column (backward).
+
+
+@triton.jit
+def _zero_pair_sums(BLOCK_C: tl.constexpr):
+    """Pass 1's accumulators (n, Σv_c, Σv_r) per category, zeros [BLOCK_C]."""
+    count = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_c = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_r = tl.zeros([BLOCK_C], dtype=tl.float32)
+    return count, sum_c, sum_r
+
+
+@triton.jit
+def _add_pair_sums(count, sum_c, sum_r, cats_ptr, offs, mask, v_c, v_r, BLOCK_C: tl.constexpr):
+    """Pass 1 over one block: (count, sum_c, sum_r) plus the block's rows, Σv_c and Σv_r per category."""
+    onehot = _category_onehot(cats_ptr, offs, mask, BLOCK_C)
+    count += tl.sum(onehot, axis=0)
+    sum_c += _category_sum(onehot, v_c)
+    sum_r += _category_sum(onehot, v_r)
+    return count, sum_c, sum_r
+
+
+@triton.jit
+def _pair_means(count, sum_c, sum_r):
+    """After pass 1: (1 / max(n, 1), μ_c, μ_r) per category."""
+    inv_n = 1.0 / tl.maximum(count, 1.0)
+    return inv_n, sum_c * inv_n, sum_r * inv_n
+
+
+@triton.jit
+def _zero_pair_power_sums(BLOCK_C: tl.constexpr):
+    """Pass 2's accumulators (Σd², Σd³, Σd⁴ of column 0, then of column 1) per category, zeros [BLOCK_C]."""
+    s2_c = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s3_c = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s4_c = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s2_r = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s3_r = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s4_r = tl.zeros([BLOCK_C], dtype=tl.float32)
+    return s2_c, s3_c, s4_c, s2_r, s3_r, s4_r
+
+
+@triton.jit
+def _add_pair_power_sums(
+    s2_c, s3_c, s4_c, s2_r, s3_r, s4_r, cats_ptr, offs, mask, v_c, v_r, mean_c, mean_r, BLOCK_C: tl.constexpr
+):
+    """Pass 2 over one block: the six power sums plus the block's Σd², Σd³, Σd⁴ of both columns."""
+    onehot = _category_onehot(cats_ptr, offs, mask, BLOCK_C)
+    p2_c, p3_c, p4_c = _central_power_sums(onehot, v_c, mean_c)
+    p2_r, p3_r, p4_r = _central_power_sums(onehot, v_r, mean_r)
+    return s2_c + p2_c, s3_c + p3_c, s4_c + p4_c, s2_r + p2_r, s3_r + p3_r, s4_r + p4_r
+
+
+@triton.jit
+def _store_pair_moments(
+    moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r,
+    C, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr,
+):  # fmt: skip
+    """After pass 2 of a forward: moments[c, 0 | 1, :] of both columns and counts[c] (int64), for c < C."""
+    _store_moments(moments_ptr, 0, mean_c, s2_c * inv_n, s3_c * inv_n, s4_c * inv_n, C, BLOCK_C, VARIANCE_FLOOR)
+    _store_moments(moments_ptr, 1, mean_r, s2_r * inv_n, s3_r * inv_n, s4_r * inv_n, C, BLOCK_C, VARIANCE_FLOOR)
+    cols = tl.arange(0, BLOCK_C)
+    tl.store(counts_ptr + cols, count.to(tl.int64), mask=cols < C)

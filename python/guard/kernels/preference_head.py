@@ -12,8 +12,9 @@ blocks of BLOCK_B pairs, a few times:
               the pair losses, the rewards and the moments, all at once
 
 Rows are chosen first: logps[i] and logps[B + i] are one pair. The math is `guard.losses.pair_losses`,
-`guard.losses.spo_pair_losses` and `guard.losses.category_moments` (DESIGN.md §3); the moment
-derivatives are in `guard.kernels.moments`. Everything is float32 inside.
+`guard.losses.spo_pair_losses` and `guard.losses.category_moments` (DESIGN.md §3); the moment passes
+and their derivatives are in `guard.kernels.moments`, σ and logσ in `guard.kernels.stable_math`, the
+block sizes in `guard.kernels.tuning.head_blocks`. Everything is float32 inside.
 
     loss, pair_losses, rewards, moments, counts = PreferenceHeadFunction.apply(
         logps, ref_logps, categories, previous_logratios, "sigmoid", 0.1, 0.0, (), num_categories)
@@ -27,35 +28,22 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from guard.kernels.moments import (
+    _add_pair_power_sums,
+    _add_pair_sums,
     _category_onehot,
-    _category_sum,
-    _central_power_sums,
     _moment_grad,
     _moment_grad_coefficients,
-    _store_moments,
+    _pair_means,
+    _store_pair_moments,
+    _zero_pair_power_sums,
+    _zero_pair_sums,
 )
+from guard.kernels.stable_math import _log_sigmoid, _sigmoid
+from guard.kernels.tuning import head_blocks
 from guard.losses import MOMENT_VARIANCE_FLOOR
 
 #: loss_type → the LOSS constexpr of the kernels.
 _LOSS_CODES = {"sigmoid": 0, "ipo": 1, "apo_zero": 2, "apo_down": 3, "kto_pair": 4, "spo": 5}
-
-
-@triton.jit
-def _sigmoid(x):
-    e = tl.exp(-tl.abs(x))  # never overflows
-    inv = 1.0 / (1.0 + e)
-    return tl.where(x >= 0, inv, e * inv)
-
-
-@triton.jit
-def _log_sigmoid(x):
-    # logσ(x) = min(x, 0) − log1p(e^−|x|). log1p without a libdevice call: with u = 1 + e rounded,
-    # log(u)·e/(u − 1) is accurate to an ulp, and where u rounds to 1, log1p(e) = e.
-    e = tl.exp(-tl.abs(x))
-    u = 1.0 + e
-    exact = u == 1.0
-    log1p = tl.where(exact, e, tl.log(u) * (e / tl.where(exact, 1.0, u - 1.0)))
-    return tl.minimum(x, 0.0) - log1p
 
 
 @triton.jit
@@ -66,6 +54,36 @@ def _load_logratios(logps_ptr, ref_ptr, offs, mask, B, HAS_REF: tl.constexpr):
         lr_c -= tl.load(ref_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         lr_r -= tl.load(ref_ptr + B + offs, mask=mask, other=0.0).to(tl.float32)
     return lr_c, lr_r
+
+
+@triton.jit
+def _logratio_sums(
+    logps_ptr, ref_ptr, cats_ptr, rewards_ptr, B, beta,
+    HAS_REF: tl.constexpr, CATS: tl.constexpr, STORE_REWARDS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Pass 1: KTO's reference points z_c, z_r (the batch means of the log-ratios, floored at 0), then the
+    per-category counts and sums of the rewards β·lr (zeros unless CATS); stores the rewards if STORE_REWARDS."""
+    rows = tl.arange(0, BLOCK_B)
+    lr_sum_c = tl.zeros([BLOCK_B], dtype=tl.float32)
+    lr_sum_r = tl.zeros([BLOCK_B], dtype=tl.float32)
+    count, sum_c, sum_r = _zero_pair_sums(BLOCK_C)
+    for start in range(0, B, BLOCK_B):
+        offs = start + rows
+        mask = offs < B
+        lr_c, lr_r = _load_logratios(logps_ptr, ref_ptr, offs, mask, B, HAS_REF)
+        if STORE_REWARDS:
+            tl.store(rewards_ptr + offs, beta * lr_c, mask=mask)
+            tl.store(rewards_ptr + B + offs, beta * lr_r, mask=mask)
+        lr_sum_c += lr_c
+        lr_sum_r += lr_r
+        if CATS:
+            count, sum_c, sum_r = _add_pair_sums(
+                count, sum_c, sum_r, cats_ptr, offs, mask, beta * lr_c, beta * lr_r, BLOCK_C
+            )
+    z_c = tl.maximum(tl.sum(lr_sum_c, axis=0) / B, 0.0)
+    z_r = tl.maximum(tl.sum(lr_sum_r, axis=0) / B, 0.0)
+    return z_c, z_r, count, sum_c, sum_r
 
 
 @triton.jit
@@ -132,42 +150,16 @@ def _preference_head_fwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr,
 ):  # fmt: skip
     rows = tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_C)
 
     # Pass 1: rewards, counts and per-category sums, the batch sums of the log-ratios.
-    lr_sum_c = tl.zeros([BLOCK_B], dtype=tl.float32)
-    lr_sum_r = tl.zeros([BLOCK_B], dtype=tl.float32)
-    count = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for start in range(0, B, BLOCK_B):
-        offs = start + rows
-        mask = offs < B
-        lr_c, lr_r = _load_logratios(logps_ptr, ref_ptr, offs, mask, B, HAS_REF)
-        tl.store(rewards_ptr + offs, beta * lr_c, mask=mask)
-        tl.store(rewards_ptr + B + offs, beta * lr_r, mask=mask)
-        lr_sum_c += lr_c
-        lr_sum_r += lr_r
-        if HAS_CATS:
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
-            count += tl.sum(onehot, axis=0)
-            sum_c += _category_sum(onehot, beta * lr_c)
-            sum_r += _category_sum(onehot, beta * lr_r)
-    z_c = tl.maximum(tl.sum(lr_sum_c, axis=0) / B, 0.0)
-    z_r = tl.maximum(tl.sum(lr_sum_r, axis=0) / B, 0.0)
-    inv_n = 1.0 / tl.maximum(count, 1.0)
-    mean_c = sum_c * inv_n
-    mean_r = sum_r * inv_n
+    z_c, z_r, count, sum_c, sum_r = _logratio_sums(
+        logps_ptr, ref_ptr, cats_ptr, rewards_ptr, B, beta, HAS_REF, HAS_CATS, True, BLOCK_B, BLOCK_C
+    )
+    inv_n, mean_c, mean_r = _pair_means(count, sum_c, sum_r)
 
     # Pass 2: the losses and the centered powers.
     total = tl.zeros([BLOCK_B], dtype=tl.float32)
-    s2_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-    s3_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-    s4_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-    s2_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-    s3_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-    s4_r = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _zero_pair_power_sums(BLOCK_C)
     for start in range(0, B, BLOCK_B):
         offs = start + rows
         mask = offs < B
@@ -180,21 +172,16 @@ def _preference_head_fwd_kernel(
         tl.store(pair_losses_ptr + offs, loss, mask=mask)
         total += loss
         if HAS_CATS:
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
-            p2, p3, p4 = _central_power_sums(onehot, beta * lr_c, mean_c)
-            s2_c += p2
-            s3_c += p3
-            s4_c += p4
-            p2, p3, p4 = _central_power_sums(onehot, beta * lr_r, mean_r)
-            s2_r += p2
-            s3_r += p3
-            s4_r += p4
+            s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _add_pair_power_sums(
+                s2_c, s3_c, s4_c, s2_r, s3_r, s4_r,
+                cats_ptr, offs, mask, beta * lr_c, beta * lr_r, mean_c, mean_r, BLOCK_C,
+            )  # fmt: skip
     tl.store(loss_ptr, tl.sum(total, axis=0) / B)
     if HAS_CATS:
-        _store_moments(moments_ptr, 0, mean_c, s2_c * inv_n, s3_c * inv_n, s4_c * inv_n, C, BLOCK_C, VARIANCE_FLOOR)
-        _store_moments(moments_ptr, 1, mean_r, s2_r * inv_n, s3_r * inv_n, s4_r * inv_n, C, BLOCK_C, VARIANCE_FLOOR)
-        tl.store(counts_ptr + cols, count.to(tl.int64), mask=cols < C)
+        _store_pair_moments(
+            moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r,
+            C, BLOCK_C, VARIANCE_FLOOR,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -208,61 +195,28 @@ def _preference_head_bwd_kernel(
 ):  # fmt: skip
     rows = tl.arange(0, BLOCK_B)
 
-    # Pass 1 (as forward): KTO's batch means, per-category counts and means.
-    lr_sum_c = tl.zeros([BLOCK_B], dtype=tl.float32)
-    lr_sum_r = tl.zeros([BLOCK_B], dtype=tl.float32)
-    count = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for start in range(0, B, BLOCK_B):
-        offs = start + rows
-        mask = offs < B
-        lr_c, lr_r = _load_logratios(logps_ptr, ref_ptr, offs, mask, B, HAS_REF)
-        lr_sum_c += lr_c
-        lr_sum_r += lr_r
-        if MOMENT_GRADS:
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
-            count += tl.sum(onehot, axis=0)
-            sum_c += _category_sum(onehot, beta * lr_c)
-            sum_r += _category_sum(onehot, beta * lr_r)
-    z_c = tl.maximum(tl.sum(lr_sum_c, axis=0) / B, 0.0)
-    z_r = tl.maximum(tl.sum(lr_sum_r, axis=0) / B, 0.0)
-    inv_n = 1.0 / tl.maximum(count, 1.0)
-    mean_c = sum_c * inv_n
-    mean_r = sum_r * inv_n
+    # Pass 1 (as forward, storing nothing): KTO's batch means, per-category counts and means.
+    z_c, z_r, count, sum_c, sum_r = _logratio_sums(
+        logps_ptr, ref_ptr, cats_ptr, None, B, beta, HAS_REF, MOMENT_GRADS, False, BLOCK_B, BLOCK_C
+    )
+    inv_n, mean_c, mean_r = _pair_means(count, sum_c, sum_r)
 
     # Pass 2 (as forward): the central moments, then the per-category gradient factors.
     if MOMENT_GRADS:
-        s2_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s3_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s4_c = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s2_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s3_r = tl.zeros([BLOCK_C], dtype=tl.float32)
-        s4_r = tl.zeros([BLOCK_C], dtype=tl.float32)
+        s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _zero_pair_power_sums(BLOCK_C)
         for start in range(0, B, BLOCK_B):
             offs = start + rows
             mask = offs < B
             lr_c, lr_r = _load_logratios(logps_ptr, ref_ptr, offs, mask, B, HAS_REF)
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
-            p2, p3, p4 = _central_power_sums(onehot, beta * lr_c, mean_c)
-            s2_c += p2
-            s3_c += p3
-            s4_c += p4
-            p2, p3, p4 = _central_power_sums(onehot, beta * lr_r, mean_r)
-            s2_r += p2
-            s3_r += p3
-            s4_r += p4
-        m2_c = s2_c * inv_n
-        m3_c = s3_c * inv_n
-        m2_r = s2_r * inv_n
-        m3_r = s3_r * inv_n
-        a0_c, a1_c, a2_c, a3_c = _moment_grad_coefficients(
-            g_moments_ptr, 0, inv_n, m2_c, m3_c, s4_c * inv_n, C, BLOCK_C, VARIANCE_FLOOR
+            s2_c, s3_c, s4_c, s2_r, s3_r, s4_r = _add_pair_power_sums(
+                s2_c, s3_c, s4_c, s2_r, s3_r, s4_r,
+                cats_ptr, offs, mask, beta * lr_c, beta * lr_r, mean_c, mean_r, BLOCK_C,
+            )  # fmt: skip
+        m2_c, m3_c, a0_c, a1_c, a2_c, a3_c = _moment_grad_coefficients(
+            g_moments_ptr, 0, inv_n, s2_c, s3_c, s4_c, C, BLOCK_C, VARIANCE_FLOOR
         )
-        a0_r, a1_r, a2_r, a3_r = _moment_grad_coefficients(
-            g_moments_ptr, 1, inv_n, m2_r, m3_r, s4_r * inv_n, C, BLOCK_C, VARIANCE_FLOOR
+        m2_r, m3_r, a0_r, a1_r, a2_r, a3_r = _moment_grad_coefficients(
+            g_moments_ptr, 1, inv_n, s2_r, s3_r, s4_r, C, BLOCK_C, VARIANCE_FLOOR
         )
 
     # Pass 3: ∂/∂logps = ∂/∂lr (the reference is a constant) of the loss terms, the rewards, the moments.
@@ -291,22 +245,13 @@ def _preference_head_bwd_kernel(
             g_reward_c += tl.load(g_rewards_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             g_reward_r += tl.load(g_rewards_ptr + B + offs, mask=mask, other=0.0).to(tl.float32)
         if MOMENT_GRADS:
-            cats = tl.load(cats_ptr + offs, mask=mask, other=-1)
-            onehot = _category_onehot(cats, mask, BLOCK_C)
+            onehot = _category_onehot(cats_ptr, offs, mask, BLOCK_C)
             g_reward_c += _moment_grad(onehot, beta * lr_c, mean_c, m2_c, m3_c, a0_c, a1_c, a2_c, a3_c)
             g_reward_r += _moment_grad(onehot, beta * lr_r, mean_r, m2_r, m3_r, a0_r, a1_r, a2_r, a3_r)
         grad_c += beta * g_reward_c
         grad_r += beta * g_reward_r
         tl.store(grad_ptr + offs, grad_c.to(grad_ptr.dtype.element_ty), mask=mask)
         tl.store(grad_ptr + B + offs, grad_r.to(grad_ptr.dtype.element_ty), mask=mask)
-
-
-def _block_sizes(batch: int, num_categories: int | None) -> tuple[int, int]:
-    """BLOCK_C ≥ C; BLOCK_B keeps a [BLOCK_B, BLOCK_C] one-hot tile at 4096 elements or fewer (it lives in
-    registers), and at most 1024 rows without categories."""
-    block_c = max(2, triton.next_power_of_2(num_categories or 1))
-    block_b = max(16, min(triton.next_power_of_2(batch), 4096 // block_c, 1024))
-    return block_b, block_c
 
 
 def _check_inputs(logps, ref_logps, categories, previous_logratios, loss_type, beta, label_smoothing, kappas, num_categories):
@@ -352,24 +297,28 @@ def _check_inputs(logps, ref_logps, categories, previous_logratios, loss_type, b
     return batch
 
 
-def _preference_head_forward(logps, ref_logps, categories, previous_logratios, loss_type, beta, label_smoothing, kappa_tensor, num_categories):
-    """One launch: (loss, pair_losses, rewards, moments | None, counts | None). Inputs contiguous."""
+@torch.library.custom_op("guard::preference_head_fwd", mutates_args=())
+def preference_head_fwd(
+    logps: torch.Tensor, ref_logps: torch.Tensor | None, categories: torch.Tensor | None,
+    previous_logratios: torch.Tensor | None, kappas: torch.Tensor | None,
+    loss_type: str, beta: float, label_smoothing: float, num_categories: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One launch: (loss, pair_losses, rewards, moments, counts); without categories moments is [0, 2, 4]
+    and counts [0]. Inputs contiguous. A custom op, so torch.compile calls it as one opaque node."""
     batch = logps.shape[0] // 2
     device = logps.device
     has_cats = categories is not None
-    block_b, block_c = _block_sizes(batch, num_categories if has_cats else None)
+    block_b, block_c = head_blocks(batch, num_categories if has_cats else None)
     loss = torch.empty((), dtype=torch.float32, device=device)
     pair_losses = torch.empty(batch, dtype=torch.float32, device=device)
     rewards = torch.empty(2 * batch, dtype=torch.float32, device=device)
-    moments = counts = None
-    if has_cats:
-        moments = torch.empty(num_categories, 2, 4, dtype=torch.float32, device=device)
-        counts = torch.empty(num_categories, dtype=torch.int64, device=device)
+    moments = torch.empty(num_categories if has_cats else 0, 2, 4, dtype=torch.float32, device=device)
+    counts = torch.empty(num_categories if has_cats else 0, dtype=torch.int64, device=device)
     rounds = 0 if previous_logratios is None else previous_logratios.shape[0]
     _preference_head_fwd_kernel[(1,)](
         logps, logps if ref_logps is None else ref_logps, categories if has_cats else logps,
-        logps if previous_logratios is None else previous_logratios, logps if kappa_tensor is None else kappa_tensor,
-        loss, pair_losses, rewards, rewards if moments is None else moments, rewards if counts is None else counts,
+        logps if previous_logratios is None else previous_logratios, logps if kappas is None else kappas,
+        loss, pair_losses, rewards, rewards if not has_cats else moments, rewards if not has_cats else counts,
         batch, rounds, num_categories if has_cats else 1, float(beta), float(label_smoothing),
         LOSS=_LOSS_CODES[loss_type], HAS_REF=ref_logps is not None, HAS_CATS=has_cats,
         BLOCK_B=block_b, BLOCK_C=block_c, VARIANCE_FLOOR=MOMENT_VARIANCE_FLOOR,
@@ -377,16 +326,30 @@ def _preference_head_forward(logps, ref_logps, categories, previous_logratios, l
     return loss, pair_losses, rewards, moments, counts
 
 
-def _preference_head_backward(logps, ref_logps, categories, previous_logratios, kappa_tensor, loss_type, beta, label_smoothing, num_categories, g_loss, g_pair, g_rewards, g_moments):
+@preference_head_fwd.register_fake
+def _(logps, ref_logps, categories, previous_logratios, kappas, loss_type, beta, label_smoothing, num_categories):
+    batch, cats = logps.shape[0] // 2, num_categories if categories is not None else 0
+    f32 = dict(dtype=torch.float32, device=logps.device)
+    return (torch.empty((), **f32), torch.empty(batch, **f32), torch.empty(2 * batch, **f32), torch.empty(cats, 2, 4, **f32),
+            torch.empty(cats, dtype=torch.int64, device=logps.device))
+
+
+@torch.library.custom_op("guard::preference_head_bwd", mutates_args=())
+def preference_head_bwd(
+    logps: torch.Tensor, ref_logps: torch.Tensor | None, categories: torch.Tensor | None,
+    previous_logratios: torch.Tensor | None, kappas: torch.Tensor | None,
+    g_loss: torch.Tensor | None, g_pair: torch.Tensor | None, g_rewards: torch.Tensor | None, g_moments: torch.Tensor | None,
+    loss_type: str, beta: float, label_smoothing: float, num_categories: int,
+) -> torch.Tensor:
     """One launch: ∂/∂logps of Σ g·output over the outputs whose upstream gradient is not None."""
     batch = logps.shape[0] // 2
     moment_grads = categories is not None and g_moments is not None
-    block_b, block_c = _block_sizes(batch, num_categories if categories is not None else None)
+    block_b, block_c = head_blocks(batch, num_categories if categories is not None else None)
     grad = torch.empty_like(logps)
     rounds = 0 if previous_logratios is None else previous_logratios.shape[0]
     _preference_head_bwd_kernel[(1,)](
         logps, logps if ref_logps is None else ref_logps, categories if moment_grads else logps,
-        logps if previous_logratios is None else previous_logratios, logps if kappa_tensor is None else kappa_tensor,
+        logps if previous_logratios is None else previous_logratios, logps if kappas is None else kappas,
         grad if g_loss is None else g_loss.contiguous(), grad if g_pair is None else g_pair.contiguous(),
         grad if g_rewards is None else g_rewards.contiguous(), grad if not moment_grads else g_moments.contiguous(),
         grad,
@@ -396,6 +359,11 @@ def _preference_head_backward(logps, ref_logps, categories, previous_logratios, 
         BLOCK_B=block_b, BLOCK_C=block_c, VARIANCE_FLOOR=MOMENT_VARIANCE_FLOOR,
     )  # fmt: skip
     return grad
+
+
+@preference_head_bwd.register_fake
+def _(logps, *args):
+    return torch.empty_like(logps)
 
 
 class PreferenceHeadFunction(torch.autograd.Function):
@@ -422,15 +390,17 @@ class PreferenceHeadFunction(torch.autograd.Function):
         kappa_tensor = None
         if kappas:  # R floats, one host-to-device copy (no kernel)
             kappa_tensor = torch.tensor(kappas, dtype=torch.float32, device=logps.device)
-        outputs = _preference_head_forward(
-            logps, ref_logps, categories, previous_logratios, loss_type, beta, label_smoothing, kappa_tensor, num_categories
+        loss, pair_losses, rewards, moments, counts = preference_head_fwd(
+            logps, ref_logps, categories, previous_logratios, kappa_tensor, loss_type, float(beta), float(label_smoothing),
+            num_categories or 0,
         )
         ctx.save_for_backward(logps, ref_logps, categories, previous_logratios, kappa_tensor)
-        ctx.options = (loss_type, float(beta), float(label_smoothing), num_categories)
+        ctx.options = (loss_type, float(beta), float(label_smoothing), num_categories or 0)
         ctx.set_materialize_grads(False)
-        if outputs[4] is not None:
-            ctx.mark_non_differentiable(outputs[4])
-        return outputs
+        ctx.mark_non_differentiable(counts)
+        if categories is None:
+            return loss, pair_losses, rewards, None, None
+        return loss, pair_losses, rewards, moments, counts
 
     @staticmethod
     @once_differentiable
@@ -439,8 +409,8 @@ class PreferenceHeadFunction(torch.autograd.Function):
             return (None,) * 9
         logps, ref_logps, categories, previous_logratios, kappa_tensor = ctx.saved_tensors
         loss_type, beta, label_smoothing, num_categories = ctx.options
-        grad = _preference_head_backward(
-            logps, ref_logps, categories, previous_logratios, kappa_tensor, loss_type, beta, label_smoothing,
-            num_categories, g_loss, g_pair, g_rewards, g_moments,
+        grad = preference_head_bwd(
+            logps, ref_logps, categories, previous_logratios, kappa_tensor, g_loss, g_pair, g_rewards, g_moments,
+            loss_type, beta, label_smoothing, num_categories,
         )  # fmt: skip
         return (grad,) + (None,) * 8
