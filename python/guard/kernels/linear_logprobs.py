@@ -12,6 +12,8 @@ Backward: each program recomputes one logit tile, forms dz = g_logp·(onehot −
 scales by 1/T and adds its share of grad_hidden = dz @ weight, grad_weight = dz.T @ hidden and
 grad_bias = Σ dz with fp32 atomics (the accumulators are fp32; the caller casts them back).
 
+Addresses are computed in int64, so N·H and V·H may exceed 2^31.
+
 Launches: forward 1 kernel + 7 small ops on [splits, N]; backward 1 kernel + 3 zero-fills + casts.
 The launchers are registered as torch.library custom ops so torch.compile treats them as opaque calls.
 """
@@ -39,8 +41,8 @@ def _logit_tile(
     for h0 in range(0, H, BLOCK_H):
         hs = h0 + tl.arange(0, BLOCK_H)
         h_mask = hs < H
-        x = tl.load(hidden_ptr + rows[:, None] * stride_h + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
-        w = tl.load(weight_ptr + cols[:, None] * stride_w + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
+        x = tl.load(hidden_ptr + rows.to(tl.int64)[:, None] * stride_h + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+        w = tl.load(weight_ptr + cols.to(tl.int64)[:, None] * stride_w + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
         if UPCAST_DOT:
             x, w = x.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
@@ -122,14 +124,14 @@ def _linear_logprobs_bwd_kernel(
     for h0 in range(0, H, BLOCK_H):
         hs = h0 + tl.arange(0, BLOCK_H)
         h_mask = hs < H
-        x = tl.load(hidden_ptr + rows[:, None] * stride_h + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
-        w = tl.load(weight_ptr + cols[:, None] * stride_w + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
+        x = tl.load(hidden_ptr + rows.to(tl.int64)[:, None] * stride_h + hs[None, :], mask=row_mask[:, None] & h_mask[None, :], other=0.0)
+        w = tl.load(weight_ptr + cols.to(tl.int64)[:, None] * stride_w + hs[None, :], mask=col_mask[:, None] & h_mask[None, :], other=0.0)
         if UPCAST_DOT:
             x, w = x.to(tl.float32), w.to(tl.float32)
         d_hidden = tl.dot(dz_in, w, input_precision=DOT_PRECISION)
-        tl.atomic_add(grad_hidden_ptr + rows[:, None] * H + hs[None, :], d_hidden, mask=row_mask[:, None] & h_mask[None, :])
+        tl.atomic_add(grad_hidden_ptr + rows.to(tl.int64)[:, None] * H + hs[None, :], d_hidden, mask=row_mask[:, None] & h_mask[None, :])
         d_weight = tl.dot(tl.trans(dz_in), x, input_precision=DOT_PRECISION)
-        tl.atomic_add(grad_weight_ptr + cols[:, None] * H + hs[None, :], d_weight, mask=col_mask[:, None] & h_mask[None, :])
+        tl.atomic_add(grad_weight_ptr + cols.to(tl.int64)[:, None] * H + hs[None, :], d_weight, mask=col_mask[:, None] & h_mask[None, :])
     if HAS_BIAS:
         tl.atomic_add(grad_bias_ptr + cols, tl.sum(dz, axis=0), mask=col_mask)
 

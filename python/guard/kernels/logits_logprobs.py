@@ -32,7 +32,7 @@ def _logits_logprobs_fwd_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < V
-        z = tl.load(logits_ptr + rows[:, None] * stride_n + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+        z = tl.load(logits_ptr + rows.to(tl.int64)[:, None] * stride_n + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0)
         run_max, run_sum, run_ent, label_logit = _online_logsumexp_fold(
             run_max, run_sum, run_ent, label_logit, z.to(tl.float32) * inv_temperature, cols, col_mask, labels, WITH_ENTROPY)
     lse = run_max + tl.log(run_sum)
@@ -63,7 +63,7 @@ def _logits_logprobs_bwd_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         mask = in_range[:, None] & (cols < V)[None, :]
-        offs = rows[:, None] * stride_n + cols[None, :]
+        offs = rows.to(tl.int64)[:, None] * stride_n + cols[None, :]
         z = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32) * inv_temperature
         dz = _logprob_entropy_grad(z, lse, cols, labels, g_logp, g_ent, ent, WITH_ENTROPY)
         dz = tl.where(valid[:, None], dz * inv_temperature, 0.0)
