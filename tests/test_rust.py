@@ -1,5 +1,9 @@
 """guard._rust (the Rust extension) through its Python face: exact dedup against a dict-based
-first-occurrence reference, and errors that name the row and the reason."""
+first-occurrence reference, errors that name the row and the reason, and the GIL released while the
+heavy work runs."""
+
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -55,3 +59,46 @@ def test_version_matches_package():
     import guard
 
     assert _rust.__version__ == guard.__version__
+
+
+def _spin_rate(count, work):
+    """Increments per second that a spinning Python thread makes while `work` runs in this one."""
+    before, start = count[0], time.perf_counter()
+    work()
+    return (count[0] - before) / (time.perf_counter() - start)
+
+
+def test_heavy_calls_release_the_gil(tmp_path):
+    # A second Python thread counts as fast as it can. While a call holds the GIL it barely moves
+    # (checked on list.sort, which never releases it); while encode_texts works, it keeps counting.
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghij"), size=rng.integers(2, 9))) for _ in range(3000)]
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.train_from_iterator([" ".join(rng.choice(words, 50)) for _ in range(500)],
+                           trainers.BpeTrainer(vocab_size=500, show_progress=False))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = guard.data.Tokenizer.from_file(tmp_path / "tokenizer.json")
+    texts = [" ".join(rng.choice(words, 40_000)) for _ in range(16)]  # few, long rows: little GIL-held setup
+    shuffled = rng.permutation(3_000_000).tolist()
+
+    count, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            count[0] += 1
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        idle = _spin_rate(count, lambda: time.sleep(0.3))
+        held = _spin_rate(count, lambda: sorted(shuffled))
+        encoding = _spin_rate(count, lambda: guard.data.encode_texts(tok, texts))
+    finally:
+        stop.set()
+        spinner.join()
+    assert held < 0.2 * idle, (idle, held)  # the measurement can see a held GIL
+    assert encoding > 0.3 * idle, (idle, held, encoding)
