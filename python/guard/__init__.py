@@ -10,7 +10,7 @@ Public API (DESIGN.md §2), re-exported explicitly:
     guard.ops.fused_preference_loss(hidden, lm_head_weight, labels, ref_logps, loss_type="sigmoid")
 """
 
-from guard import data, losses, metrics, ops
+from guard import data, fairness, losses, metrics, ops
 from guard.losses import bt_pair_losses, category_moments, pair_losses, spo_pair_losses
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "bt_pair_losses",
     "category_moments",
     "data",
+    "fairness",
     "losses",
     "metrics",
     "ops",
