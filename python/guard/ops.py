@@ -104,9 +104,10 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         valid = labels != ignore_index
         logp, lse = hidden.new_zeros(hidden.shape[0], dtype=ctype), hidden.new_zeros(hidden.shape[0], dtype=ctype)
         entropy = hidden.new_zeros(hidden.shape[0] if with_entropy else 0, dtype=ctype)
+        w, b = weight.to(ctype), None if bias is None else bias.to(ctype)  # converted once, not per chunk
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
-            z = _ChunkedLinearLogprobs._scaled_logits(hidden[rows], weight, bias, inv_temperature, ctype)
+            z = _ChunkedLinearLogprobs._scaled_logits(hidden[rows], w, b, inv_temperature, ctype)
             lp, ent, ls = _logprob_stats(z, labels[rows], valid[rows], with_entropy)
             logp[rows], lse[rows] = lp, ls
             if with_entropy:
@@ -117,9 +118,10 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
 
     @staticmethod
     def _scaled_logits(hidden, weight, bias, inv_temperature, ctype):
-        logits = hidden.to(ctype) @ weight.to(ctype).T
+        """(hidden @ weight.T + bias) / T in ctype; weight and bias already in ctype."""
+        logits = hidden.to(ctype) @ weight.T
         if bias is not None:
-            logits = logits + bias.to(ctype)
+            logits = logits + bias
         return logits * inv_temperature
 
     @staticmethod
@@ -133,10 +135,10 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         grad_hidden = torch.zeros(hidden.shape, dtype=ctype, device=hidden.device)
         grad_weight = torch.zeros(weight.shape, dtype=ctype, device=weight.device)
         grad_bias = torch.zeros(weight.shape[0], dtype=ctype, device=weight.device) if bias is not None else None
-        w = weight.to(ctype)
+        w, b = weight.to(ctype), None if bias is None else bias.to(ctype)
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
-            z = _ChunkedLinearLogprobs._scaled_logits(hidden[rows], weight, bias, inv_temperature, ctype)
+            z = _ChunkedLinearLogprobs._scaled_logits(hidden[rows], w, b, inv_temperature, ctype)
             dlogits = _grad_scaled_logits(
                 z, labels[rows], valid[rows], lse[rows], entropy[rows] if with_entropy else None,
                 grad_logp[rows], grad_entropy[rows] if with_entropy else None, inv_temperature,
