@@ -285,14 +285,21 @@ fn encode_pairs<'py>(
     Ok(dict)
 }
 
-/// Non-negative lengths as u64, or an error naming the first negative one.
-fn lengths_u64(values: &[i64], what: &str) -> PyResult<Vec<u64>> {
+/// Non-negative lengths as u64, or an error naming the first negative one: `what[i]`, or for pairs
+/// (`width` 2, flattened [n, 2]) `what[pair, 0|1]`.
+fn lengths_u64(values: &[i64], what: &str, width: usize) -> PyResult<Vec<u64>> {
     values
         .iter()
         .enumerate()
         .map(|(i, &v)| {
-            u64::try_from(v)
-                .map_err(|_| PyValueError::new_err(format!("{what}[{i}] is negative ({v})")))
+            u64::try_from(v).map_err(|_| {
+                let at = if width == 2 {
+                    format!("{}, {}", i / 2, i % 2)
+                } else {
+                    i.to_string()
+                };
+                PyValueError::new_err(format!("{what}[{at}] is negative ({v})"))
+            })
         })
         .collect()
 }
@@ -315,7 +322,7 @@ fn pack<'py>(
             )))
         }
     };
-    let flat = lengths_u64(lengths.as_slice()?, "lengths")?;
+    let flat = lengths_u64(lengths.as_slice()?, "lengths", if pairs { 2 } else { 1 })?;
     if max_tokens < 1 {
         return Err(PyValueError::new_err(format!(
             "max_tokens must be at least 1, got {max_tokens}"
@@ -323,14 +330,13 @@ fn pack<'py>(
     }
     let budget = max_tokens as u64;
     let result = py.detach(|| {
-        let costs = if pairs {
+        if pairs {
             let (chosen, rejected): (Vec<u64>, Vec<u64>) =
                 flat.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
-            packing::pair_costs(&chosen, &rejected)
+            packing::pack(&packing::pair_costs(&chosen, &rejected), budget)
         } else {
-            flat.clone()
-        };
-        packing::pack(&costs, budget)
+            packing::pack(&flat, budget)
+        }
     });
     let batches = result.map_err(|e| match e {
         PackError::TooLong { index, cost, .. } if pairs => PyValueError::new_err(format!(
@@ -357,7 +363,7 @@ fn packed_positions<'py>(
     py: Python<'py>,
     lengths: PyReadonlyArray1<'py, i64>,
 ) -> PyResult<Positions<'py>> {
-    let lengths = lengths_u64(lengths.as_slice()?, "lengths")?;
+    let lengths = lengths_u64(lengths.as_slice()?, "lengths", 1)?;
     let (positions, cu_seqlens) = py
         .detach(|| packing::packed_positions(&lengths))
         .map_err(|e| PyValueError::new_err(e.to_string()))?;

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from guard import metrics, ops
-from guard.fairness import CategoryAdversary, adversary_penalty, adversary_step
+from guard.fairness import IGNORE, CategoryAdversary, adversary_penalty, adversary_step
 from guard.train.__main__ import synthetic_pairs, train_linear_rm
 
 
@@ -43,7 +43,7 @@ def test_adversary_learns_separable_categories():
     optimizer = torch.optim.Adam(adversary.parameters(), lr=1e-2)
     cats = torch.randint(0, 3, (300,), generator=gen)
     features = torch.randn(300, 2, generator=gen) * 0.3 + cats[:, None].float() * 2
-    losses = [adversary_step(adversary, optimizer, features, cats) for _ in range(200)]
+    losses = [adversary_step(adversary, optimizer, features, cats).item() for _ in range(200)]
     assert losses[-1] < 0.2 < losses[0]
 
 
@@ -65,11 +65,14 @@ def test_absent_categories_give_no_sample():
     cats = torch.tensor([0, 2, 2, 0, 0, 2])
     out = ops.bt_loss(rewards[:3], rewards[3:], categories=cats[:3], num_categories=4)
     features, targets = adversary.features(out.moments, out.counts, rewards[:3], rewards[3:], cats[:3])
-    assert targets.tolist() == [0, 2] and features.shape == (2, 8)
-    adversary_penalty(adversary, features, targets).backward()
+    assert targets.tolist() == [0, IGNORE, 2, IGNORE] and features.shape == (4, 8)
+    penalty = adversary_penalty(adversary, features, targets)
+    expected = torch.nn.functional.cross_entropy(adversary(features[[0, 2]]), torch.tensor([0, 2]))
+    torch.testing.assert_close(penalty, expected)  # absent categories weigh nothing
+    penalty.backward()
     assert rewards.grad is not None and torch.isfinite(rewards.grad).all()
-    empty = torch.zeros(0, dtype=torch.long)
-    assert adversary_step(adversary, torch.optim.SGD(adversary.parameters(), lr=0.1), features[:0], empty) == 0.0
+    none_present = torch.full((4,), IGNORE)
+    assert adversary_step(adversary, torch.optim.SGD(adversary.parameters(), lr=0.1), features, none_present).item() == 0.0
 
 
 def test_bad_settings_are_named():

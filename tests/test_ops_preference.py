@@ -232,3 +232,10 @@ def test_head_custom_ops_pass_opcheck():
     c, r = logps[:4].clone(), logps[4:].clone()
     torch.library.opcheck(bt_head.bt_head_fwd, (c, r, None, 0.2, cats, 3, 0.01))
     torch.library.opcheck(bt_head.bt_head_bwd, (c, r, torch.rand(4), 0.0, cats, 3, 0.0, torch.ones(()), None, torch.ones(3, 2, 4)))
+
+
+@needs_triton
+def test_heads_refuse_more_categories_than_they_tile():
+    rewards = torch.randn(4)
+    with ops.backend("triton"), pytest.raises(ValueError, match="at most 256 categories"):
+        ops.bt_loss(rewards, rewards, categories=torch.tensor([0, 299, 5, 7]), num_categories=300)

@@ -96,6 +96,9 @@ def test_argument_errors():
         gd.pack([[1, 2]], 10, pairs=False)
     with pytest.raises(ValueError, match=r"lengths\[1\] is negative \(-2\)"):
         gd.pack([1, -2], 10, pairs=False)
+    with pytest.raises(ValueError, match=r"lengths\[2, 1\] is negative \(-1\)"):  # pair 2's rejected length
+        gd.pack([[5, 6], [7, 8], [9, -1]], 100)
+    assert gd.padding_efficiency(np.zeros((0, 2), dtype=np.int64), [], 10) == {"packed": 0.0, "padded": 0.0}
     with pytest.raises(TypeError, match="lengths must be integers"):
         gd.pack([1.5, 2.0], 10, pairs=False)
     with pytest.raises(ValueError, match="max_tokens must be a positive int"):

@@ -396,7 +396,7 @@ def _need_number(row: int, name: str, value: Any) -> float:
 def _messages(row: int, name: str, value: Any) -> list[dict[str, str]]:
     """A validated copy of a message list; keys whose value is None (arrow fills absent keys) are dropped."""
     if not isinstance(value, list):
-        raise ValueError(f"row {row}: field {name} is not a string (got {type(value).__name__})")
+        raise ValueError(f"row {row}: field {name} is not a string or a list of messages (got {type(value).__name__})")
     out = []
     for j, msg in enumerate(value):
         if not isinstance(msg, Mapping):

@@ -339,8 +339,8 @@ def padding_efficiency(lengths, batches: Sequence[np.ndarray], max_tokens: int) 
     each batch right-padded (for pairs, 2 sequences per pair, padded to one length as
     :func:`padded_batch` does). ``lengths`` as for :func:`pack` ([n] or [n, 2]).
     """
-    arr = np.asarray(lengths, dtype=np.int64)
-    per_item = arr.reshape(len(arr), -1)
+    arr = _lengths_array(lengths, np.ndim(lengths) == 2)
+    per_item = arr if arr.ndim == 2 else arr[:, None]
     tokens = padded = 0
     for batch in batches:
         rows = per_item[np.asarray(batch, dtype=np.int64)]

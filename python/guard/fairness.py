@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODES = ("moments", "rewards")
+IGNORE = -100  # the target of a category absent from the batch: no sample
 OBJECTIVES = ("ce", "entropy")
 
 
@@ -49,26 +50,33 @@ class CategoryAdversary(nn.Module):
                  rejected_rewards: torch.Tensor, categories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, targets) for this batch, differentiable with respect to the rewards.
 
-        moments [C, 2, 4] and counts [C] come from guard.ops.bt_loss / fused_preference_loss; only the
-        categories with counts > 0 give a sample. In "rewards" mode each pair gives (r_c, r_r)."""
+        moments [C, 2, 4] and counts [C] come from guard.ops.bt_loss / fused_preference_loss; every category
+        gives a row, and those absent from the batch (counts == 0) get the target IGNORE, so the losses
+        skip them without a host-device sync. In "rewards" mode each pair gives (r_c, r_r)."""
         if self.mode == "rewards":
             return torch.stack([chosen_rewards, rejected_rewards], dim=1).float(), categories
         if moments is None or counts is None:
             raise ValueError("moments mode needs the moments and counts of the batch (pass categories to the loss op)")
-        present = (counts > 0).nonzero()[:, 0]
-        return moments[present].reshape(present.shape[0], 8).float(), present
+        ids = torch.arange(moments.shape[0], device=moments.device)
+        return moments.reshape(moments.shape[0], 8).float(), torch.where(counts > 0, ids, IGNORE)
+
+
+def _mean_over_targets(per_row: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of per_row over the rows whose target is not IGNORE (0 when there is none), without a sync."""
+    keep = (targets != IGNORE).to(per_row.dtype)
+    return (per_row * keep).sum() / keep.sum().clamp(min=1)
 
 
 def adversary_step(adversary: CategoryAdversary, optimizer: torch.optim.Optimizer,
-                   features: torch.Tensor, targets: torch.Tensor) -> float:
-    """One adversary update: minimise CE(q_φ(features), targets) on detached features. Returns the loss."""
-    if targets.numel() == 0:
-        return 0.0
-    loss = F.cross_entropy(adversary(features.detach()), targets)
+                   features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One adversary update: minimise CE(q_φ(features), targets) on detached features (rows whose target
+    is IGNORE skipped). Returns the loss as a detached tensor (reading it is the caller's sync)."""
+    per_row = F.cross_entropy(adversary(features.detach()), targets, ignore_index=IGNORE, reduction="none")
+    loss = _mean_over_targets(per_row, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()
 
 
 def adversary_penalty(adversary: CategoryAdversary, features: torch.Tensor, targets: torch.Tensor,
@@ -78,8 +86,6 @@ def adversary_penalty(adversary: CategoryAdversary, features: torch.Tensor, targ
     (hence the model) but not φ: the adversary's parameters are held fixed inside."""
     if objective not in OBJECTIVES:
         raise ValueError(f"adversary objective must be one of {OBJECTIVES}, got {objective!r}")
-    if targets.numel() == 0:
-        return features.sum() * 0.0
     params = list(adversary.parameters())
     saved = [p.requires_grad for p in params]
     for p in params:
@@ -90,6 +96,8 @@ def adversary_penalty(adversary: CategoryAdversary, features: torch.Tensor, targ
         for p, flag in zip(params, saved):
             p.requires_grad_(flag)
     if objective == "ce":
-        return F.cross_entropy(logits, targets)
-    logp = F.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1).mean()
+        per_row = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")
+    else:
+        logp = F.log_softmax(logits, dim=-1)
+        per_row = -(logp.exp() * logp).sum(-1)
+    return _mean_over_targets(per_row, targets)

@@ -62,12 +62,20 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+#: Most categories the single-program heads handle: BLOCK_B ≥ 16 rows × BLOCK_C ≤ 256 stays ≤ 4096 elements.
+MAX_HEAD_CATEGORIES = 256
+
+
 def head_blocks(batch: int, num_categories: int | None) -> tuple[int, int]:
     """(BLOCK_B, BLOCK_C) of the single-program heads (preference_head, bt_head), the same on every device.
 
     BLOCK_C ≥ C; BLOCK_B keeps a [BLOCK_B, BLOCK_C] one-hot tile at 4096 elements or fewer (it lives in
     registers), and at most 1024 rows without categories (num_categories None).
     """
+    if num_categories is not None and num_categories > MAX_HEAD_CATEGORIES:
+        raise ValueError(
+            f"the fused heads take at most {MAX_HEAD_CATEGORIES} categories (a one-hot tile in registers), got {num_categories}"
+        )
     block_c = max(2, triton.next_power_of_2(num_categories or 1))
     block_b = max(16, min(triton.next_power_of_2(batch), 4096 // block_c, 1024))
     return block_b, block_c
