@@ -26,11 +26,27 @@ LOSS_TYPES = ("sigmoid", "ipo", "apo_zero", "apo_down", "kto_pair")
 MOMENT_VARIANCE_FLOOR = 1e-12
 
 
+def first_index(mask: torch.Tensor) -> int | tuple[int, ...] | None:
+    """The index of the first True in `mask` (an int for 1-D, a tuple otherwise), or None: what error
+    messages name."""
+    if not bool(mask.any()):
+        return None
+    first = tuple(int(i) for i in mask.nonzero()[0])
+    return first[0] if len(first) == 1 else first
+
+
+def check_category_values(categories: torch.Tensor, num_categories: int) -> None:
+    """ValueError unless categories is an integer tensor with every value in [0, num_categories)."""
+    if categories.dtype.is_floating_point or categories.dtype == torch.bool:
+        raise ValueError(f"categories must be an integer tensor, got {categories.dtype}")
+    row = first_index((categories < 0) | (categories >= num_categories))
+    if row is not None:
+        raise ValueError(f"categories[{row}] = {int(categories[row])} is out of range [0, {num_categories})")
+
+
 def _check_finite(name: str, x: torch.Tensor) -> None:
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        where = first[0] if len(first) == 1 else first
+    where = first_index(~torch.isfinite(x))
+    if where is not None:
         raise ValueError(f"{name} has a non-finite value (NaN or inf) at index {where}")
 
 
@@ -208,16 +224,9 @@ def category_moments(
             f"categories must be [B] with B = {values.shape[0]} (one per row of values), "
             f"got shape {tuple(categories.shape)}"
         )
-    if categories.dtype.is_floating_point or categories.dtype == torch.bool:
-        raise ValueError(f"categories must be an integer tensor, got {categories.dtype}")
     if num_categories < 1:
         raise ValueError(f"num_categories must be at least 1, got {num_categories}")
-    out_of_range = (categories < 0) | (categories >= num_categories)
-    if bool(out_of_range.any()):
-        row = int(out_of_range.nonzero()[0, 0])
-        raise ValueError(
-            f"categories[{row}] = {int(categories[row])} is out of range [0, {num_categories})"
-        )
+    check_category_values(categories, num_categories)
     _check_finite("values", values)
 
     squeeze = values.dim() == 1

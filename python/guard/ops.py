@@ -195,12 +195,10 @@ class _ChunkedLogitsLogprobs(torch.autograd.Function):
 def _check_labels(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
-    if bool(bad.any()):
-        where = tuple(int(i) for i in bad.nonzero()[0])
-        index = where[0] if len(where) == 1 else where
+    index = losses.first_index((labels != ignore_index) & ((labels < 0) | (labels >= vocab)))
+    if index is not None:
         raise ValueError(
-            f"labels[{index}] = {int(labels[where])} is outside the vocabulary [0, {vocab}) and is not ignore_index ({ignore_index})"
+            f"labels[{index}] = {int(labels[index])} is outside the vocabulary [0, {vocab}) and is not ignore_index ({ignore_index})"
         )
 
 
@@ -341,12 +339,7 @@ def _check_categories(categories: torch.Tensor | None, num_categories: int | Non
         raise ValueError(f"categories need num_categories >= 1, got {num_categories}")
     if categories.shape != (batch,):
         raise ValueError(f"categories must be [B] = [{batch}] (one per pair), got {tuple(categories.shape)}")
-    if categories.dtype.is_floating_point or categories.dtype == torch.bool:
-        raise ValueError(f"categories must be an integer tensor, got {categories.dtype}")
-    bad = (categories < 0) | (categories >= num_categories)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"categories[{row}] = {int(categories[row])} is out of range [0, {num_categories})")
+    losses.check_category_values(categories, num_categories)
 
 
 def _pair_moments(rewards_chosen, rewards_rejected, categories, num_categories):
