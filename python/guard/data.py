@@ -369,15 +369,10 @@ def _gather(data, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     for enc in parts:
         starts = enc.offsets[idx]
         n = enc.offsets[idx + 1] - starts
-        ids.append(enc.ids[np.repeat(starts, n) + _ranges(n)].astype(np.int64))
+        position_in_row, _ = packed_positions(n)  # 0..n-1 for each row, back to back
+        ids.append(enc.ids[np.repeat(starts, n) + position_in_row].astype(np.int64))
         lengths.append(n)
     return np.concatenate(ids), np.concatenate(lengths), prompt_lengths
-
-
-def _ranges(lengths: np.ndarray) -> np.ndarray:
-    """0..n-1 for each n in ``lengths``, concatenated."""
-    ends = np.cumsum(lengths)
-    return np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) - np.repeat(ends - lengths, lengths)
 
 
 def padded_batch(
