@@ -1,0 +1,124 @@
+"""PNG plots for run reports: reward histograms by category, chosen vs rejected, and training curves.
+
+Figures are built with matplotlib's object-oriented API on an Agg canvas (``Figure`` +
+``FigureCanvasAgg``), never through pyplot: no display is needed, no global backend or figure state is
+touched, and nothing is left open after a call.
+
+    from guard import plots
+
+    plots.reward_histograms("run/rewards_by_category.png", {"helpful": r_h, "harmless": r_s}, "Rewards")
+    plots.chosen_rejected_histogram("run/chosen_rejected.png", chosen, rejected, "Chosen vs rejected")
+    plots.curves("run/loss.png", {"bt_loss": (steps, values)}, "Training loss", "loss")
+
+Each function writes one PNG (parent directories are created) and returns its path.  Empty or
+non-finite rewards raise ValueError naming the series.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["reward_histograms", "chosen_rejected_histogram", "curves"]
+
+DPI = 100
+FIGSIZE = (6.4, 4.0)
+MAX_BINS = 50
+
+
+def _values(x: Any, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().double().numpy()
+    arr = np.asarray(x, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ValueError(f"{name} contains NaN or inf (first at index {int(bad[0])})")
+    return arr
+
+
+def _shared_edges(groups: list[np.ndarray]) -> np.ndarray:
+    """Equal-width edges over the pooled range, so every group is counted in the same bins."""
+    pooled = np.concatenate(groups)
+    lo, hi = float(pooled.min()), float(pooled.max())
+    if lo == hi:  # a constant reward still gets one visible bar
+        lo, hi = lo - 0.5, hi + 0.5
+    n_bins = int(min(MAX_BINS, max(10, np.sqrt(pooled.size))))
+    return np.linspace(lo, hi, n_bins + 1)
+
+
+def _figure() -> tuple[Figure, Any]:
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="tight")
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI)
+    fig.clear()  # drop the artists now rather than at garbage collection
+    return path
+
+
+def _histograms(path: str | os.PathLike, groups: dict[str, np.ndarray], title: str, xlabel: str) -> Path:
+    if not groups:
+        raise ValueError("no reward series to plot")
+    edges = _shared_edges(list(groups.values()))
+    fig, ax = _figure()
+    # Filled, translucent bars read well for a few groups; outlines keep 19 categories legible.
+    histtype = "stepfilled" if len(groups) <= 4 else "step"
+    # tab10 repeats after 10 colours; tab20 keeps up to 20 categories distinct.
+    colors = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"].colors
+    for k, (name, values) in enumerate(groups.items()):
+        # density: categories of different sizes stay comparable in shape.
+        ax.hist(values, bins=edges, density=True, histtype=histtype, alpha=0.45 if histtype == "stepfilled" else 1.0,
+                linewidth=1.2, color=colors[k % len(colors)], label=f"{name} (n={values.size})")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    if len(groups) <= 8:
+        ax.legend(fontsize="small")
+    else:  # a long legend goes beside the axes rather than over the bars
+        ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)
+
+
+def reward_histograms(path: str | os.PathLike, rewards: dict[str, Any], title: str) -> Path:
+    """Overlaid density histograms of each category's rewards, on shared equal-width bins."""
+    groups = {str(name): _values(v, f"rewards of {name!r}") for name, v in rewards.items()}
+    return _histograms(path, groups, title, "reward")
+
+
+def chosen_rejected_histogram(path: str | os.PathLike, chosen: Any, rejected: Any, title: str) -> Path:
+    """Overlaid density histograms of the chosen and the rejected rewards, on shared bins."""
+    groups = {"chosen": _values(chosen, "chosen"), "rejected": _values(rejected, "rejected")}
+    return _histograms(path, groups, title, "reward")
+
+
+def curves(path: str | os.PathLike, series: dict[str, tuple[Any, Any]], title: str, ylabel: str) -> Path:
+    """Line plot of training curves: ``series[name] = (steps, values)``, equal lengths.  Non-finite
+    values (a diverged loss) are left as gaps in the line rather than refused."""
+    if not series:
+        raise ValueError("no curves to plot")
+    fig, ax = _figure()
+    for name, (steps, values) in series.items():
+        x = np.asarray(steps, dtype=np.float64).reshape(-1)
+        y = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64).reshape(-1)
+        if x.shape != y.shape:
+            raise ValueError(f"curve {name!r}: {x.size} steps but {y.size} values")
+        ax.plot(x, y, label=str(name), marker="." if x.size < 20 else None)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
