@@ -7,11 +7,56 @@ import torch
 
 from guard import metrics, ops
 from guard.fairness import IGNORE, CategoryAdversary, adversary_penalty, adversary_step
-from guard.train.__main__ import synthetic_pairs, train_linear_rm
+
+CATEGORIES = ("helpful", "harmless")
+
+
+def synthetic_pairs(num_pairs: int, gen: torch.Generator, *, shift: float = 1.5, dim: int = 6):
+    """Pairs of responses (features) from one category each, labelled by a Bradley–Terry draw on a hidden
+    linear reward. Category 1's responses sit `shift` higher on feature 0, which the reward likes. The
+    last feature is a category flag no preference depends on (in an LM: the model can tell the topic)."""
+    true_w = torch.randn(dim, generator=gen)
+    true_w[0] = true_w[0].abs() + 1
+    cats = torch.randint(0, len(CATEGORIES), (num_pairs,), generator=gen)
+    a, b = torch.randn(num_pairs, dim, generator=gen), torch.randn(num_pairs, dim, generator=gen)
+    a[:, 0] += shift * cats
+    b[:, 0] += shift * cats
+    a_wins = torch.rand(num_pairs, generator=gen) < torch.sigmoid((a - b) @ true_w)
+    flag = cats.float()[:, None]
+    chosen = torch.cat([torch.where(a_wins[:, None], a, b), flag], 1)
+    rejected = torch.cat([torch.where(a_wins[:, None], b, a), flag], 1)
+    return chosen, rejected, cats
+
+
+def train_linear_rm(chosen, rejected, cats, *, lambda_adv: float, steps: int, batch: int, gen: torch.Generator,
+                    mode: str = "rewards", objective: str = "ce") -> torch.Tensor:
+    """The alternating schedule of DESIGN.md §3 on a linear reward r = w·x: (1) BT loss and category
+    moments, (2) an adversary step on detached features, (3) a model step on L_BT − λ·penalty.
+    The demo's adversary reads each pair's rewards: with two categories the moments mode gives it two
+    samples a batch, and with the "ce" objective the game then oscillates on this toy (tests/test_fairness.py)."""
+    weight = torch.zeros(chosen.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([weight], lr=0.03)
+    with torch.random.fork_rng():  # the adversary's initial weights from `gen` too: runs repeat exactly
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        adversary = CategoryAdversary(len(CATEGORIES), mode=mode, hidden=32)
+    adv_optimizer = torch.optim.Adam(adversary.parameters(), lr=1e-2)
+    for _ in range(steps):
+        idx = torch.randint(0, chosen.shape[0], (batch,), generator=gen)
+        r_c, r_r, c = chosen[idx] @ weight, rejected[idx] @ weight, cats[idx]
+        out = ops.bt_loss(r_c, r_r, categories=c, num_categories=len(CATEGORIES))
+        features, targets = adversary.features(out.moments, out.counts, r_c, r_r, c)
+        adversary_step(adversary, adv_optimizer, features, targets)
+        loss = out.loss - lambda_adv * adversary_penalty(adversary, features, targets, objective=objective)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return weight.detach()
+
+
 
 
 def train_and_audit(lambda_adv, mode, objective, seed=0):
-    """The default job's linear BT reward model on its synthetic two-category pairs (guard.train)."""
+    """A linear BT reward model on the synthetic two-category pairs above, audited on 1000 held-out pairs."""
     gen = torch.Generator().manual_seed(seed)
     chosen, rejected, cats = synthetic_pairs(6000, gen)
     weight = train_linear_rm(chosen[:5000], rejected[:5000], cats[:5000], lambda_adv=lambda_adv, steps=300,
