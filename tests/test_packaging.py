@@ -1,6 +1,6 @@
 """The wheel: built with maturin from this checkout, it must carry the Triton sources as guard/kernels
 (the top-level `kernels` symlink resolves into the package), the Rust extension as an abi3 module, the
-type stub and py.typed; and unpacked on its own it must import."""
+type stub, py.typed and the default job's assets; and unpacked on its own it must import."""
 
 import os
 import shutil
@@ -36,6 +36,8 @@ def test_wheel_contents_and_import(tmp_path):
     kernel_sources = {p.relative_to(ROOT / "python").as_posix() for p in (ROOT / "python/guard/kernels").glob("*.py")}
     assert "guard/kernels/__init__.py" in kernel_sources and kernel_sources <= names
     assert {"guard/__init__.py", "guard/losses.py", "guard/py.typed", "guard/_rust.pyi"} <= names
+    # the default job's bundled sample, tokenizer and preset (python -m guard.train from a wheel install)
+    assert {"guard/assets/sample_pairs.jsonl", "guard/assets/tokenizer.json", "guard/assets/tiny-llama.json"} <= names
     assert any(n.startswith("guard/_rust") and n.endswith(".so") for n in names), sorted(names)
 
     site = tmp_path / "site"

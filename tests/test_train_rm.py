@@ -254,3 +254,18 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     result = run_rm(["--data", str(bad), "--output-dir", str(tmp_path / "o"), *FAST])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "line 2: expected a JSON object" in result.stderr, result.stderr
+
+
+def test_moments_adversary_with_three_categories_and_absent_ones(tmp_path, sample_rows):
+    """Three categories, one of them rare (absent from most batches), the moments adversary: the run trains, its
+    adversary loss is logged every step, and the summary names the worst pair of categories."""
+    rows = [{**r, "category": ("helpful", "harmless", "privacy")[k % 3 if k % 10 == 0 else k % 2]}
+            for k, r in enumerate(sample_rows[:150])]
+    data = write_jsonl(tmp_path / "three.jsonl", rows)
+    out = tmp_path / "run"
+    assert train_main(["rm", "--data", str(data), "--output-dir", str(out), "--max-steps", "6",
+                       "--adversary", "moments", "--adv-objective", "entropy", *FAST]) == 0
+    metrics = common.read_jsonl(out / "metrics.jsonl")
+    assert all(np.isfinite(m["adv_loss"]) and np.isfinite(m["loss"]) for m in metrics)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["categories"]) <= {"harmless", "helpful", "privacy"} and len(summary["worst_pair"]) == 2
