@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from guard import assets
 from guard.config import ConfigError
 from guard.data import Tokenizer
 
@@ -33,14 +34,14 @@ __all__ = [
     "load_tokenizer", "load_reward_model", "load_causal_lm", "save_pretrained",
 ]
 
-#: The bundled assets: sample data, a tokenizer.json and the tiny model preset.
-ASSETS = Path(__file__).resolve().parent / "assets"
+#: The bundled assets (guard.assets): sample data, a tokenizer.json and the tiny model preset.
+ASSETS = assets.ASSETS_DIR
 #: The tokenizer the "tiny" preset is used with (the default job's).
-TINY_TOKENIZER = ASSETS / "tokenizer.json"
+TINY_TOKENIZER = assets.TOKENIZER
 
 #: Model presets built locally with random weights: a json of LlamaConfig keyword arguments, without
 #: vocab_size (the tokenizer gives it).
-PRESETS: dict[str, Path] = {"tiny": ASSETS / "tiny-llama.json"}
+PRESETS: dict[str, Path] = {"tiny": assets.TINY_LLAMA}
 
 
 @dataclass

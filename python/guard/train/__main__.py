@@ -24,13 +24,13 @@ DEFAULT_OUTPUT_DIR = "runs/guard-default"
 
 def default_job_config(output_dir: str = DEFAULT_OUTPUT_DIR) -> rm.RMConfig:
     """The default job's settings: the bundled sample, the tiny preset, λ = 0 and 0.2 on one seed."""
-    from guard import models
+    from guard import assets
 
     return replace(
         rm.RMConfig(),
-        data=str(models.ASSETS / "sample_pairs.jsonl"),
+        data=str(assets.SAMPLE_PAIRS),
         model="tiny",
-        tokenizer=str(models.TINY_TOKENIZER),
+        tokenizer=str(assets.TOKENIZER),
         max_length=64,
         epochs=3,
         batch_size=32,
