@@ -218,11 +218,11 @@ def tokenize_pairs(pairs: PreferenceSet, tok: gdata.Tokenizer, cmap: CategoryMap
     reason. Each sequence is prompt + response (+ EOS), as guard.data.encode_pairs builds it."""
     set_aside = {f"dropped by the {pairs.schema} adapter: {reason}": n for reason, n in pairs.dropped.items() if n}
     labels = [NO_CATEGORY if c is None and len(cmap) == 1 and NO_CATEGORY in cmap else c for c in pairs.categories]
-    try:
-        category_ids = cmap.ids(labels)
-    except ValueError as err:
-        row = int(str(err).split(":")[0].split()[-1])
-        raise ConfigError(f"{what} row {pairs.source_rows[row]}: {str(err).split(': ', 1)[1]}") from err
+    unknown = next((k for k, label in enumerate(labels) if label not in cmap), None)
+    if unknown is not None:  # named by its row in the input, not its position after the adapter
+        raise ConfigError(f"{what} row {pairs.source_rows[unknown]}: unknown category {labels[unknown]!r}; "
+                          f"known: {list(cmap.names)}")
+    category_ids = cmap.ids(labels)
 
     # A pair is its prompt with both responses; the length prefix makes (chosen, rejected) -> key one to one.
     keep = gdata.dedup(pairs.prompts, [f"{len(c)}:{c}{r}" for c, r in zip(pairs.chosen, pairs.rejected)])
