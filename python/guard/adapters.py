@@ -407,6 +407,15 @@ def _messages(row: int, name: str, value: Any) -> list[dict[str, str]]:
     return out
 
 
+class NeedsChatTemplate(ValueError):
+    """Conversational data (message lists) was given no chat template; `row` is the first such row."""
+
+    def __init__(self, row: int | None):
+        self.row = row
+        where = f"row {row}: " if row is not None else ""
+        super().__init__(f"{where}conversational data needs a chat template: pass chat_template=...")
+
+
 class _Renderer:
     """Applies the user's chat template (or none) to prompts."""
 
@@ -422,12 +431,12 @@ class _Renderer:
             raise TypeError("chat_template must be a callable(messages) -> str or an object with "
                             f"apply_chat_template (a transformers tokenizer); got {type(chat_template).__name__}")
 
-    def require(self) -> None:
+    def require(self, row: int | None = None) -> None:
         if self.fn is None:
-            raise ValueError("conversational data needs a chat template: pass chat_template=...")
+            raise NeedsChatTemplate(row)
 
-    def messages(self, msgs: list[dict[str, str]]) -> str:
-        self.require()
+    def messages(self, msgs: list[dict[str, str]], row: int | None = None) -> str:
+        self.require(row)
         text = self.fn(msgs)
         if not isinstance(text, str):
             raise TypeError(f"chat_template returned {type(text).__name__}, expected str")
@@ -506,7 +515,7 @@ def _hh_rows(rows, render: _Renderer, category: str | None, dims):
         if render.fn is None:  # raw transcript: prompt + response is the original text, byte for byte
             yield i, c[0], c[1], r[1], category, None
         else:  # templated: the template ends the prompt, so the space after "Assistant:" goes
-            yield i, render.messages(_hh_messages(c[0])), c[1].removeprefix(" "), r[1].removeprefix(" "), category, None
+            yield i, render.messages(_hh_messages(c[0]), i), c[1].removeprefix(" "), r[1].removeprefix(" "), category, None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -667,7 +676,7 @@ def _ultrafeedback_binarized_rows(rows, render: _Renderer, category: str | None,
                 continue
             yield i, render.text(prompt), chosen, rejected, category, None
             continue
-        render.require()
+        render.require(i)
         cm, rm = _turns(i, "chosen", chosen, "assistant"), _turns(i, "rejected", rejected, "assistant")
         if score_c == score_r:
             yield TIE
@@ -702,7 +711,7 @@ def _generic_rows(rows, render: _Renderer, category: str | None, dims):
                     if not isinstance(v, list):
                         raise ValueError(f"row {i}: field {name} is not a list of messages (data without a "
                                          "prompt column must hold whole conversations)")
-            render.require()
+            render.require(i)
             pm = _turns(i, "prompt", prompt, "user") if has_prompt else []
             cm = _turns(i, "chosen", chosen, "assistant")
             rm = _turns(i, "rejected", rejected, "assistant")

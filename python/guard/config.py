@@ -28,7 +28,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Union
+from typing import Any, Callable, Literal, Mapping, Union
 
 import yaml
 
@@ -281,10 +281,12 @@ def _read_yaml(cls: type, path: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_config(cls: type, namespace: argparse.Namespace | None = None,
-                 yaml_path: str | os.PathLike | None = None):
-    """An instance of ``cls``: field defaults, overridden by the yaml file, overridden by the flags
-    actually given on the command line (attributes of ``namespace`` that are not :data:`UNSET`)."""
-    values = _read_yaml(cls, yaml_path) if yaml_path is not None else {}
+                 yaml_path: str | os.PathLike | None = None, preset: Mapping[str, Any] | None = None):
+    """An instance of ``cls``: field defaults, overridden by ``preset`` (a named set of values, e.g. a
+    paper's settings), by the yaml file, then by the flags actually given on the command line (attributes
+    of ``namespace`` that are not :data:`UNSET`)."""
+    values = dict(preset or {})
+    values.update(_read_yaml(cls, yaml_path) if yaml_path is not None else {})
     if namespace is not None:
         for f, _ in _fields(cls):
             given = getattr(namespace, f.name, UNSET)

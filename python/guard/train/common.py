@@ -8,6 +8,7 @@ spell out themselves; nothing here hides a training step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 
 from guard import data as gdata
-from guard.adapters import CategoryMap, PreferenceSet, load_preferences
-from guard.config import ConfigError
+from guard.adapters import SCHEMAS, CategoryMap, NeedsChatTemplate, PreferenceSet, load_preferences
+from guard.config import ConfigError, option
 
 #: The category given to every pair of data that has none (a single-category run: no fairness term).
 NO_CATEGORY = "all"
@@ -48,21 +49,123 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         return 2
 
 
+def parse_config(cls: type, argv: list[str] | None, prog: str, description: str,
+                 presets: dict[str, dict] | None = None):
+    """A recipe's config from the command line: every field of `cls` as a flag, `--config run.yaml`, and, when
+    the recipe has `presets`, the one named by --preset (on the command line or in the yaml) under both."""
+    import argparse
+
+    from guard.config import add_arguments, build_config
+
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="a yaml file of options; flags given on the command line win")
+    add_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    preset = None
+    if presets:
+        name = getattr(args, "preset", None)
+        if not isinstance(name, str) and args.config:  # a preset named in the yaml file
+            name = build_config(cls, None, yaml_path=args.config).preset
+        preset = presets.get(name) if isinstance(name, str) else None
+    return build_config(cls, args, yaml_path=args.config, preset=preset)
+
+
+@contextlib.contextmanager
+def recipe_session(cfg: TrainOptions, lambdas: Sequence[float]):
+    """What every recipe's run does around its work: check the options, join the torchrun process group
+    (or not), load the tokenizer; yields (dist, hf tokenizer, guard tokenizer, EOS id to append or None) and
+    leaves the process group at the end."""
+    from guard import distributed
+
+    check_options(cfg, lambdas)
+    dist = distributed.init_distributed(cfg.device)
+    try:
+        check_batch_split(cfg, dist)
+        yield (dist, *model_tokenizer(cfg.model, cfg.tokenizer))
+    finally:
+        distributed.shutdown(dist)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
+@dataclass
+class TrainOptions:
+    """The options every recipe shares (data, model, optimisation, fairness, run); a recipe's config
+    subclasses it, adds its own and may redeclare a field to change its default."""
+
+    # data
+    data: str = option("", "training pairs: a .jsonl/.json/.parquet/.csv file, a folder or a hub dataset name")
+    eval_data: str | None = option(None, "held-out pairs; none: a fixed-seed --eval-fraction of --data is held out")
+    eval_fraction: float = option(0.1, "share of --data held out for evaluation when --eval-data is not given")
+    split: str = option("train", "dataset split to read")
+    schema: str = option("auto", "data schema (auto: detected from the columns)", choices=SCHEMAS)
+    dimensions: list[str] | None = option(None, "keep only these preference dimensions, e.g. harmless")
+    categories: list[str] | None = option(
+        None, "category names in order (data with another category is an error); default: the training data's")
+    max_length: int = option(1024, "tokens per prompt+response sequence; a longer response is cut at its end")
+    max_prompt_length: int | None = option(None, "keep at most the last N prompt tokens")
+    # model
+    model: str = option("tiny", "a local model directory, a hub name, or the preset 'tiny' (a small random Llama)")
+    tokenizer: str | None = option(None, "tokenizer.json or a folder holding one (default: the model's; tiny: bundled)")
+    lora: bool = option(False, "train LoRA adapters (peft) instead of every weight")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "modules given adapters")
+    save_adapter: bool = option(False, "with --lora: save the adapter alone instead of the merged model")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    bf16: bool = option(True, "bf16 autocast on GPU (CPU runs stay in float32)")
+    trust_remote_code: bool = option(False, "allow model code from the hub (off: safe by default)")
+    # optimisation
+    epochs: int = option(1, "passes over the training pairs")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides --epochs)")
+    batch_size: int = option(32, "preference pairs per optimizer step, over all processes")
+    eval_batch_size: int = option(64, "pairs per forward pass when scoring the held-out set")
+    lr: float = option(1e-5, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.03, "share of the steps spent in linear warmup")
+    lr_schedule: str = option("cosine", "decay after warmup", choices=("cosine", "linear", "constant"))
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)")
+    # fairness (GUARD)
+    lambda_adv: list[float] = option([0.2], "fairness weight λ; 0 = the plain loss; several values (0,0.2,0.8) "
+                                     "run a sweep")
+    adversary: str = option("rewards", "what the adversary reads: each pair's rewards, or per-category moments",
+                            choices=("rewards", "moments"))
+    adv_objective: str = option("ce", "what the model maximises: the adversary's cross-entropy (paper) or "
+                                "its predictive entropy (authors' code)", choices=("ce", "entropy"))
+    adv_hidden: int = option(64, "hidden units of the adversary MLP")
+    adv_lr: float = option(1e-3, "adversary learning rate (Adam)")
+    # run
+    output_dir: str = option("", "where the run writes config, metrics, checkpoints, model and report")
+    seed: int = option(0, "seed of the data order, the held-out split, the model init and the audit")
+    log_every: int = option(10, "write metrics every N steps")
+    save_every: int = option(200, "checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = option(2, "checkpoints kept on disk")
+    resume: bool = option(False, "continue from the last checkpoint in --output-dir")
+    overwrite: bool = option(False, "replace a finished or stopped run in --output-dir")
+    device: str = option("auto", "cuda, cpu, or auto (cuda when available)")
+    chat_template: str | None = option(None, "a Jinja chat template file for conversational data, when the "
+                                       "tokenizer has none (plain-text prompts are used as they are)")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Run directory
+
+
+#: What a directory holding a run has: a recipe's metrics or checkpoints, or the cache of SPO rounds.
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "spo-cache")
 
 
 def prepare_run_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool, is_main: bool = True) -> Path:
     """Create the output directory. A directory that already holds a run is an error unless the run is
     resumed (--resume) or replaced (--overwrite), so a finished run is never clobbered by accident."""
     run_dir = Path(path)
-    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists()
+    has_run = any((run_dir / name).exists() for name in RUN_MARKERS)
     if has_run and not resume:
         if not overwrite:
             raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite "
@@ -107,6 +210,10 @@ def _write_lines(path: Path, lines: Sequence[str]) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def write_json(path: Path, obj) -> None:
     """JSON through a temporary name, so a kill never leaves half a file."""
     _write_lines(path, [json.dumps(obj, indent=2)])
@@ -131,9 +238,11 @@ def _first_bad_json_line(path: Path) -> str | None:
 
 
 def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", dimensions: Sequence[str] | None = None,
-                  chat_template=None, what: str = "data") -> PreferenceSet:
+                  chat_template=None, tokenizer_name: str = "the tokenizer", what: str = "data") -> PreferenceSet:
     """A PreferenceSet from a local file/folder or a hub dataset name, with every failure turned into one
-    clear ConfigError naming the source (a malformed JSON line by its number)."""
+    clear ConfigError naming the source (a malformed JSON line by its number). Plain-text prompts are used
+    as they are; `chat_template` (a tokenizer with one, or None) renders conversational data only. A
+    dimension asked for in `dimensions` that has no pairs is an error."""
     if not source:
         raise ConfigError(f"no {what} given (--{what.replace('_', '-')} PATH_OR_HUB_NAME)")
     path = Path(source).expanduser()
@@ -147,16 +256,43 @@ def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", di
         bad = _first_bad_json_line(path)
         if bad:
             raise ConfigError(bad)
-    try:
-        pairs = load_preferences(str(path) if looks_local else source, schema=schema, split=split,
-                                 dimensions=dimensions, chat_template=chat_template)
-    except Exception as err:  # noqa: BLE001 - every loader failure becomes one readable message
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"cannot read {what} {source}: {reason}") from err
+
+    def load(template, dims):
+        try:
+            return load_preferences(str(path) if looks_local else source, schema=schema, split=split,
+                                    dimensions=dims, chat_template=template)
+        except NeedsChatTemplate as err:
+            if template is None and chat_template is not None:  # conversational: render with the template
+                return load(chat_template, dims)
+            where = f" row {err.row}" if err.row is not None else ""
+            raise ConfigError(f"{what} {source}{where}: conversational data (lists of messages) needs a chat "
+                              f"template, and {tokenizer_name} has none; pass --chat-template FILE (a Jinja template) "
+                              "or a --tokenizer that has one") from err
+        except Exception as err:  # noqa: BLE001 - every loader failure becomes one readable message
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(f"cannot read {what} {source}: {reason}") from err
+
+    pairs = load(None, dimensions)
+    missing = [d for d in dimensions or () if d not in pairs.dimension_names]
+    if missing:
+        present = load(None, None).dimension_names
+        raise ConfigError(f"{what} {source}: no pairs for dimension {missing[0]!r} named in --dimensions "
+                          f"(dimensions in the data: {present or 'none (no dimension column)'})")
     if len(pairs) == 0:
         raise ConfigError(f"{what} {source} has no usable preference pairs (rows read: {pairs.n_input}; "
                           f"set aside: {pairs.dropped or 'none'})")
     return pairs
+
+
+def chat_template_source(hf_tok, template_file: str | None):
+    """The tokenizer to render conversational data with (--chat-template FILE installs that template on
+    it), or None when it has no template."""
+    if template_file:
+        path = Path(template_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"chat template not found: {template_file}")
+        hf_tok.chat_template = path.read_text(encoding="utf-8")
+    return hf_tok if getattr(hf_tok, "chat_template", None) else None
 
 
 def load_margins(source: str, pairs: PreferenceSet, column: str, *, split: str = "train") -> np.ndarray:
@@ -287,3 +423,302 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, total_steps: int) -> 
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ConfigError(f"unknown lr schedule {schedule!r}; expected constant, linear or cosine")
+
+
+@dataclass
+class TrainEval:
+    """The training and held-out pairs of a run."""
+
+    train: PairData
+    eval: PairData
+    set_aside: dict[str, int]  # every row or pair left out of train + eval, by stage and reason
+
+
+def load_train_eval(cfg, tok: gdata.Tokenizer, eos_token_id: int | None, chat_template=None) -> TrainEval:
+    """Training and held-out pairs, tokenized, with the category ids of the run. `cfg` is a recipe's config:
+    data, eval_data, eval_fraction, split, schema, dimensions, categories, max_length, max_prompt_length,
+    seed and (optionally) margin_column; `chat_template` renders conversational data (chat_template_source)."""
+    margin_column = getattr(cfg, "margin_column", None)
+    tokenizer_name = f"the tokenizer of {cfg.tokenizer or cfg.model}"
+    train_set = load_pair_set(cfg.data, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
+                              chat_template=chat_template, tokenizer_name=tokenizer_name)
+    cmap = category_map(train_set, cfg.categories)
+    encode = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, eos_token_id=eos_token_id)
+    margins = None if margin_column is None else load_margins(cfg.data, train_set, margin_column, split=cfg.split)
+    train = tokenize_pairs(train_set, tok, cmap, margins=margins, what=f"training data {cfg.data}", **encode)
+    if cfg.eval_data:
+        eval_set = load_pair_set(cfg.eval_data, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
+                                 chat_template=chat_template, tokenizer_name=tokenizer_name, what="eval_data")
+        eval_margins = None if margin_column is None else load_margins(cfg.eval_data, eval_set, margin_column,
+                                                                        split=cfg.split)
+        held_out = tokenize_pairs(eval_set, tok, cmap, margins=eval_margins, what=f"eval data {cfg.eval_data}",
+                                  **encode)
+        set_aside = {f"train {k}": v for k, v in train.set_aside.items()}
+        set_aside.update({f"eval {k}": v for k, v in held_out.set_aside.items()})
+    else:
+        train_rows, eval_rows = holdout_split(len(train), cfg.eval_fraction, cfg.seed)
+        train, held_out, set_aside = subset(train, train_rows), subset(train, eval_rows), train.set_aside
+    return TrainEval(train, held_out, set_aside)
+
+
+def model_tokenizer(model: str, tokenizer: str | None):
+    """(hf tokenizer, guard tokenizer, EOS id to append or None) for a run's --model / --tokenizer; a missing
+    model path fails here, before any data work."""
+    from guard import models
+
+    models.resolve_model(model)
+    hf_tok, tok = models.load_tokenizer(tokenizer or (models.TINY_TOKENIZER if model == "tiny" else model))
+    eos = hf_tok.eos_token_id if hf_tok.eos_token_id not in (None, hf_tok.pad_token_id) else None
+    return hf_tok, tok, eos
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training loop's pieces
+
+
+@dataclass
+class Schedule:
+    """Which pairs each optimizer step takes and at what learning rate: epochs of `steps_per_epoch` full
+    batches in a (seed, epoch) order, linear warmup then the decay of `lr_schedule`."""
+
+    n_pairs: int
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    def steps(self, start_step: int, seed: int, peak_lr: float, lr_schedule: str):
+        """(step, rows of the global batch, learning rate) for every step from `start_step` on."""
+        order, order_epoch = None, -1
+        for step in range(start_step, self.total_steps):
+            epoch, k = divmod(step, self.steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(self.n_pairs, seed, epoch), epoch
+            rows = order[k * self.batch_size:(k + 1) * self.batch_size]
+            yield step, rows, peak_lr * lr_factor(lr_schedule, step, self.warmup_steps, self.total_steps)
+
+    def epoch(self, done: int) -> float:
+        return round(done / self.steps_per_epoch, 4)
+
+
+def plan_steps(cfg: TrainOptions, n_pairs: int) -> Schedule:
+    steps_per_epoch = n_pairs // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {n_pairs} training pairs")
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    return Schedule(n_pairs, cfg.batch_size, steps_per_epoch, total, int(cfg.warmup_ratio * total))
+
+
+def check_options(cfg: TrainOptions, lambdas: Sequence[float]) -> None:
+    """The checks every recipe makes before any work: an output directory, positive sizes, valid λ."""
+    if not cfg.output_dir:
+        raise ConfigError("--output-dir is required")
+    if cfg.batch_size < 1 or cfg.epochs < 1 or (cfg.max_steps is not None and cfg.max_steps < 1):
+        raise ConfigError("--batch-size, --epochs and --max-steps must be positive")
+    if not lambdas or any(lam < 0 or not math.isfinite(lam) for lam in lambdas):
+        raise ConfigError(f"--lambda-adv must be one or more non-negative numbers, got {list(lambdas)}")
+
+
+def check_batch_split(cfg: TrainOptions, dist) -> None:
+    if cfg.batch_size % dist.world_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of the {dist.world_size} processes")
+
+
+def check_fairness(lambda_adv: float, names: Sequence[str]) -> None:
+    if lambda_adv > 0 and len(names) < 2:
+        raise ConfigError("--lambda-adv > 0 needs at least two categories; the data has "
+                          f"{list(names)} (give it a category column, or pass --lambda-adv 0)")
+
+
+def start_run(run_dir: Path, cfg: TrainOptions, saved_config, dist) -> Path:
+    """The run directory (see prepare_run_dir) with `saved_config` written as config.yaml."""
+    from guard import distributed
+    from guard.config import save_config
+
+    run_dir = prepare_run_dir(run_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=dist.is_main)
+    distributed.barrier(dist)
+    if dist.is_main:
+        save_config(saved_config, run_dir / "config.yaml")
+    return run_dir
+
+
+class Optimization:
+    """The model's AdamW and, with two or more categories, GUARD's adversary with its Adam. With λ = 0 the
+    adversary only watches: its loss says how much the rewards leak, and it never enters the model's loss.
+    It is built in a forked RNG so the model's initial weights and batches do not depend on λ."""
+
+    def __init__(self, cfg: TrainOptions, model: torch.nn.Module, num_categories: int, device: torch.device):
+        from guard.fairness import CategoryAdversary
+
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           fused=device.type == "cuda")
+        self.max_grad_norm = cfg.max_grad_norm
+        self.adv_objective = cfg.adv_objective
+        self.adversary = self.adv_optimizer = None
+        if num_categories >= 2:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 1)
+                self.adversary = CategoryAdversary(num_categories, mode=cfg.adversary, hidden=cfg.adv_hidden).to(device)
+            self.adv_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=cfg.adv_lr)
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"model": self.optimizer} | ({"adversary": self.adv_optimizer} if self.adversary is not None else {})
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"adversary": self.adversary} if self.adversary is not None else {}
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def fairness(self, loss: torch.Tensor, lambda_adv: float, moments, counts, chosen: torch.Tensor,
+                 rejected: torch.Tensor, categories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(2) an adversary step on the detached features of the batch's rewards, then (3) the model's loss
+        L − λ·penalty (DESIGN.md §3). Returns (the model's loss, the adversary's loss or None)."""
+        from guard.fairness import adversary_penalty, adversary_step
+
+        if self.adversary is None:
+            return loss, None
+        features, targets = self.adversary.features(moments, counts, chosen, rejected, categories)
+        adv_loss = adversary_step(self.adversary, self.adv_optimizer, features, targets)
+        if lambda_adv > 0:
+            loss = loss - lambda_adv * adversary_penalty(self.adversary, features, targets,
+                                                         objective=self.adv_objective)
+        return loss, adv_loss
+
+    def step(self, loss: torch.Tensor) -> None:
+        """backward, clip (max_grad_norm > 0), AdamW step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+
+
+def resume_state(cfg: TrainOptions, run_dir: Path, model: torch.nn.Module, opt: Optimization, dist
+                 ) -> tuple[int, MetricsLog]:
+    """(first step, metrics log): with --resume, the last checkpoint is loaded into model, optimizers and
+    adversary and the metrics past it are dropped; otherwise step 0 and a fresh log."""
+    from guard import distributed
+
+    start_step = 0
+    checkpoint = distributed.latest_checkpoint(run_dir) if cfg.resume else None
+    if checkpoint is not None:
+        start_step = distributed.load_checkpoint(checkpoint, model, opt.optimizers, opt.modules, dist)["step"]
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if cfg.resume else None, enabled=dist.is_main)
+    return start_step, log
+
+
+def log_now(done: int, cfg: TrainOptions, total_steps: int) -> bool:
+    return done % cfg.log_every == 0 or done == total_steps
+
+
+def checkpoint_now(done: int, cfg: TrainOptions, total_steps: int) -> bool:
+    return bool(cfg.save_every and done % cfg.save_every == 0) or done == total_steps
+
+
+def save_step(run_dir: Path, done: int, model: torch.nn.Module, opt: Optimization, cfg: TrainOptions, dist) -> None:
+    from guard import distributed
+
+    distributed.save_checkpoint(run_dir, done, model, opt.optimizers, opt.modules, {"step": done}, dist,
+                                keep=cfg.keep_checkpoints)
+
+
+def finish_run(run_dir: Path, model: torch.nn.Module, hf_tok, dist, *, save_adapter: bool, eval_names: list[str],
+               chosen: np.ndarray, rejected: np.ndarray, seed: int, extra: dict,
+               write_report: Callable[[dict], None]) -> dict:
+    """The end of a run (collective): rewards.jsonl of the held-out pairs, their GUARD audit (+ `extra`) as
+    summary.json, the model in Hugging Face format and report.md (`write_report(summary)`). Returns the
+    summary on the main rank, {} elsewhere."""
+    from guard import audit, distributed, models
+
+    state = distributed.full_state_dict(model, dist)
+    summary = {}
+    if dist.is_main:
+        audit.write_rewards_jsonl(run_dir / "rewards.jsonl", eval_names, chosen, rejected)
+        summary = audit.reward_summary(chosen, rejected, eval_names, seed=seed) | extra
+        models.save_pretrained(model, run_dir / "model", tokenizer=hf_tok, state_dict=state,
+                               merge_lora=not save_adapter)
+        write_report(summary)
+        write_json(run_dir / "summary.json", summary)
+    distributed.barrier(dist)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batches
+
+
+def to_tensors(batch: dict[str, np.ndarray], device: torch.device,
+               keys: Sequence[str] = ("input_ids", "attention_mask")) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(batch[k]).to(device, non_blocking=True) for k in keys}
+
+
+def local_rows(rows: np.ndarray, dist) -> np.ndarray:
+    """This rank's contiguous share of a global batch, so the gathered rewards come back in batch order."""
+    share = len(rows) // dist.world_size
+    return rows[dist.rank * share:(dist.rank + 1) * share]
+
+
+@torch.no_grad()
+def score_pairs(score: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]], data: PairData,
+                batch_size: int, pad_id: int, dist, keys: Sequence[str] = ("input_ids", "attention_mask"),
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (chosen, rejected) scores of every pair in `data` (in order), the work split over the ranks;
+    `score` maps one rank's padded pair batch (tensors `keys`) to its chosen and rejected scores."""
+    from guard import distributed
+
+    chosen, rejected = [], []
+    step = max(dist.world_size, batch_size - batch_size % dist.world_size)
+    for start in range(0, len(data), step):
+        rows = np.arange(start, min(start + step, len(data)))
+        n = len(rows)
+        if n % dist.world_size:  # every rank runs the same number of forwards (FSDP collectives)
+            rows = np.concatenate([rows, np.full(dist.world_size - n % dist.world_size, rows[-1])])
+        batch = to_tensors(gdata.padded_batch(data.encoded, local_rows(rows, dist), pad_id), dist.device, keys)
+        r_c, r_r = score(batch)
+        chosen.append(distributed.gather_rows(r_c, dist)[:n].double().cpu())
+        rejected.append(distributed.gather_rows(r_r, dist)[:n].double().cpu())
+    return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reports
+
+
+def write_reward_report(run_dir: Path, title: str, intro: str, data: TrainEval, summary: dict,
+                        summary_rows: Sequence[tuple[str, str]], chosen: np.ndarray, rejected: np.ndarray,
+                        eval_names: list[str], curve_keys: Sequence[str], what: str = "rewards") -> None:
+    """report.md with the held-out audit of (chosen, rejected) rewards, histograms by category and chosen vs
+    rejected, training curves of `curve_keys` from metrics.jsonl, and the data accounting."""
+    from guard import plots
+    from guard.report import Report
+
+    names = np.asarray(eval_names)
+    by_category = {c: np.concatenate([chosen[names == c], rejected[names == c]]) for c in dict.fromkeys(eval_names)}
+    plots.reward_histograms(run_dir / "rewards_by_category.png", by_category, f"held-out {what} by category ({title})")
+    plots.chosen_rejected_histogram(run_dir / "chosen_vs_rejected.png", chosen, rejected,
+                                    f"held-out {what}, chosen vs rejected ({title})")
+    history = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    steps = [m["step"] for m in history]
+    plots.curves(run_dir / "training_curves.png", {key: (steps, [m[key] for m in history])
+                                                   for key in curve_keys if history},
+                 "training (per logged step)", "value")
+
+    report = Report(title)
+    report.text(intro)
+    report.heading("Held-out audit", 2)
+    report.table([{"metric": label, "value": summary.get(key)} for label, key in summary_rows])
+    report.table([{"category": c, **v} for c, v in summary.get("categories", {}).items()])
+    report.image("rewards_by_category.png", f"{what} by category")
+    report.image("chosen_vs_rejected.png", f"chosen vs rejected {what}")
+    report.heading("Training", 2)
+    report.image("training_curves.png", "training curves")
+    report.heading("Data set aside", 2)
+    report.text(f"Rows read: {data.train.rows_read}. Every row or pair left out, by stage and reason "
+                "(none: nothing was set aside):")
+    report.table([{"reason": k, "count": v} for k, v in data.set_aside.items()] or [{"reason": "none", "count": 0}])
+    report.write(run_dir / "report.md")
