@@ -1,26 +1,49 @@
 """Benchmark: one whole training step of a recipe, guard against TRL's trainer, on the same model, weights and batch.
 
     python bench/bench_train.py rm                                # on a GPU: the 1B Llama config, 8 pairs x 1024 tokens
+    python bench/bench_train.py dpo                               # the same for DPO (LoRA), 8 pairs x 1024 tokens
     python bench/bench_train.py rm --config tiny --steps 2        # the CPU smoke run (what the test runs)
-    python bench/bench_train.py rm --out bench/results/train-rm-H100-2026-11-24.md   # also write the table
+    python bench/bench_train.py dpo --config tiny --steps 2       # the same for DPO
+    python bench/bench_train.py rm --out bench/results/train-rm-H100-2026-11-24.md     # also write the table
+    python bench/bench_train.py dpo --out bench/results/train-dpo-H100-2026-11-24.md   # the same for DPO
+    python bench/bench_train.py dpo --help                        # every option (beta, LoRA rank, lr, shape, ...)
 
-Cases (a registry, CASES, so issue 6 can add `dpo`: guard's fused DPO step against TRL's DPOTrainer):
+Cases (a registry, CASES; each builds its two runners and its checks from the shared pieces below):
   rm    reward model step: forward chosen + rejected, Bradley–Terry loss, backward, AdamW step.
         guard  the recipe's step (python/guard/train/rm.py): rm.score -> guard.ops.bt_loss -> backward -> AdamW.
         trl    TRL's RewardTrainer built on a datasets.Dataset holding exactly the same batch (pre-tokenized
                chosen_ids / rejected_ids), its own collator, accelerator.prepare(model, optimizer) as
                Trainer.train() does (bf16 autocast on GPU), then trainer.training_step + optimizer.step + zero_grad.
-Models are random LlamaForSequenceClassification (num_labels 1) built locally: "1b" has Llama-3.2-1B's shape,
-"tiny" is for the CPU. Both implementations start from the same weights (one CPU snapshot loaded into each) and
-see the same right-padded batch of random non-zero token ids (pad id 0, varied lengths, one row full length).
+  dpo   DPO step with LoRA (loss sigmoid, beta 0.1, rank 16, alpha 32, dropout 0 on q/k/v/o/gate/up/down_proj, the
+        pref recipe's targets): reference forward (the adapter disabled), policy forward, loss, backward, AdamW step.
+        guard  the pref recipe's step (python/guard/train/pref.py): pref.reference_logps (reference = the peft
+               model with its adapter disabled) -> pref.preference_step (the backbone's hidden states and
+               guard.ops.fused_preference_loss on the LM head's weight) -> backward -> AdamW (fused on CUDA, as
+               the recipes build it); the batch is guard.data.encode_pairs + guard.data.padded_batch of the texts.
+        trl    TRL's DPOTrainer given the base model and the same peft LoraConfig (so, as TRL does with peft, its
+               reference is the adapter disabled; precompute_ref_log_probs off, gradient checkpointing off), its
+               own tokenization of the same texts and its DataCollatorForPreference, accelerator.prepare as above,
+               then trainer.training_step (DPOTrainer.compute_loss: the policy and the reference forward through
+               TRL's fused LM head, the loss, TRL's metrics) + optimizer.step + zero_grad.
+        The texts are random word tokens ("w17 w4 ...") of a word-level tokenizer whose word wN is id N, so both
+        tokenizations give known ids. LoRA's B matrices start random (std 0.02) instead of peft's zeros, in both,
+        so the step-1 log-ratios are not all zero and their comparison means something.
+Models are random Llama models built locally (LlamaForSequenceClassification with num_labels 1 for rm,
+LlamaForCausalLM for dpo): "1b" has Llama-3.2-1B's shape, "tiny" is for the CPU. Both implementations start from
+the same weights (one CPU snapshot, LoRA included for dpo, loaded into each) and see the same right-padded batch
+(pad id 0, varied lengths, one row full length).
 
-Before anything is timed the first step is checked: the two batches are identical, the rewards of the first
-forward agree, the step-1 losses agree (TRL 1.16's loss is -logσ(r_c - r_r) averaged over pairs plus, when
-center_rewards_coefficient is set, coef·mean((r_c + r_r)²); guard's bt_loss with center_coef = the same coef
-is the same function) and the step-2 losses agree (so both took the same AdamW step). A mismatch exits 1.
+Before anything is timed the first step is checked: the two batches are identical, then for rm the rewards of
+the first forward agree, the step-1 losses agree (TRL 1.16's loss is -logσ(r_c - r_r) averaged over pairs plus,
+when center_rewards_coefficient is set, coef·mean((r_c + r_r)²); guard's bt_loss with center_coef = the same coef
+is the same function); for dpo the log-probs hooked from TRL's two forwards reproduce TRL's own logged rewards,
+the reference log-probs, the chosen / rejected log-ratios log π − log π_ref and the step-1 losses agree (both
+-logσ(β·(lr_c − lr_r)) averaged over pairs); for both the step-2 losses agree (so both took the same AdamW step).
+A mismatch exits 1. Tolerances: fp32 (CPU) near rounding; bf16 autocast (GPU) see check_rm / dpo_tolerances.
 
-Per row: real (non-pad) tokens/s, ms per step (CUDA-synchronised wall clock, mean of the timed steps), peak
-device memory (torch.cuda.max_memory_allocated: weights, gradients, AdamW state and activations) and the
+Per row: real (non-pad) tokens/s (for dpo each token goes through the reference and the policy forward but is
+counted once), ms per step (CUDA-synchronised wall clock, mean of the timed steps), peak device memory
+(torch.cuda.max_memory_allocated: weights, gradients, AdamW state and activations; n/a on the CPU) and the
 tokens/s ratio guard/TRL. CPU numbers only show the harness works; throughput is meaningful on a GPU.
 """
 
@@ -39,10 +62,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 # ----------------------------------------------------------------------------------------------------
-# Shared: models, batches, timing, checks, reporting (a later `dpo` case reuses all of these)
+# Shared: models, batches, timing, checks, reporting (used by every case)
 
 MODEL_CONFIGS = {
     # Llama-3.2-1B's shape (random weights; no hub access needed).
@@ -107,12 +131,19 @@ def right_padded(rows: list[list[int]]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def bench_tokenizer():
-    """A 3-token tokenizer: TRL's trainers need one for the pad/eos ids; the batches come pre-tokenized."""
-    from tokenizers import Tokenizer, models
+FIRST_WORD_ID = 3  # ids 0, 1, 2 are <pad>, </s>, <unk>
+
+
+def bench_tokenizer(vocab_size: int | None = None):
+    """A word-level tokenizer: <pad> 0, </s> 1 (EOS), <unk> 2 and, with vocab_size, the words w3 .. w{vocab_size-1}
+    split on whitespace, so the text "w5 w9</s>" is the ids [5, 9, 1] (TRL's trainers need a tokenizer for the
+    pad/eos ids; rm's batches come pre-tokenized, dpo's are tokenized by both implementations from text)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer(models.WordLevel({"<pad>": PAD_ID, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
+    vocab = {"<pad>": PAD_ID, "</s>": 1, "<unk>": 2} | {f"w{i}": i for i in range(FIRST_WORD_ID, vocab_size or 0)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
@@ -237,18 +268,32 @@ def markdown(title: str, header: list[str], rows: list[dict], checks: list[str])
     return "\n".join(lines) + "\n"
 
 
+def add_shape_arguments(parser: argparse.ArgumentParser, lr: float) -> None:
+    """The options every case has: model shape, batch shape, learning rate."""
+    parser.add_argument("--config", choices=("auto", *MODEL_CONFIGS), default="auto",
+                        help="model shape (auto: 1b on CUDA, tiny on the CPU)")
+    parser.add_argument("--pairs", type=int, help="preference pairs per step (default 1b: 8, tiny: 2)")
+    parser.add_argument("--seq-len", type=int, help="tokens of the longest sequence (default 1b: 1024, tiny: 32)")
+    parser.add_argument("--lr", type=float, default=lr, help="AdamW learning rate of both (weight decay 0)")
+
+
+def resolve_shape(args: argparse.Namespace, device: torch.device, min_seq_len: int) -> tuple[str, int, int]:
+    """(config name, pairs, seq_len) from the options and the device."""
+    name = args.config if args.config != "auto" else ("1b" if device.type == "cuda" else "tiny")
+    pairs, seq_len = args.pairs or DEFAULT_SHAPES[name][0], args.seq_len or DEFAULT_SHAPES[name][1]
+    if pairs < 1 or seq_len < min_seq_len:
+        raise SystemExit(f"error: --pairs must be >= 1 and --seq-len >= {min_seq_len}, got {pairs} and {seq_len}")
+    return name, pairs, seq_len
+
+
 # ----------------------------------------------------------------------------------------------------
 # Case `rm`: a reward-model optimizer step
 
 
 def add_rm_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", choices=("auto", *MODEL_CONFIGS), default="auto",
-                        help="model shape (auto: 1b on CUDA, tiny on the CPU)")
-    parser.add_argument("--pairs", type=int, help="preference pairs per step (default 1b: 8, tiny: 2)")
-    parser.add_argument("--seq-len", type=int, help="tokens of the longest sequence (default 1b: 1024, tiny: 32)")
+    add_shape_arguments(parser, lr=1e-5)
     parser.add_argument("--center-coef", type=float, default=0.0,
                         help="reward-centering coefficient, guard's center_coef = TRL's center_rewards_coefficient")
-    parser.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate of both (weight decay 0)")
 
 
 def run_rm(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[str], list[str]]:
@@ -256,10 +301,7 @@ def run_rm(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], 
 
     from guard import models
 
-    name = args.config if args.config != "auto" else ("1b" if device.type == "cuda" else "tiny")
-    pairs, seq_len = args.pairs or DEFAULT_SHAPES[name][0], args.seq_len or DEFAULT_SHAPES[name][1]
-    if pairs < 1 or seq_len < 2:
-        raise SystemExit(f"error: --pairs must be >= 1 and --seq-len >= 2, got {pairs} and {seq_len}")
+    name, pairs, seq_len = resolve_shape(args, device, min_seq_len=2)
     attn = models.attention_implementation(device)
     config = llama_config(name, attn, num_labels=1)
     chosen, rejected = random_pairs(pairs, seq_len, config.vocab_size, args.seed)
@@ -280,26 +322,18 @@ def run_rm(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], 
     return result_rows("rm", results), header, checks
 
 
-def guard_rm_runner(make_model, chosen, rejected, device, args, bf16: bool) -> Runner:
-    from guard import ops
-    from guard.train import rm
-
-    model = make_model()
+def guard_runner(model, host: dict, loss_fn, lr: float, device, probe: dict[str, Any]) -> Runner:
+    """guard's side of a case: `loss_fn()` (the recipe's own forward and loss, filling `probe` on its first
+    call), backward and the AdamW step the recipes build (common.Optimization; no clipping, no schedule)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)  # as rm.train_one builds it
-    host = right_padded(chosen + rejected)
-    probe: dict[str, Any] = {"batch": host}
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device.type == "cuda")
 
     def step() -> torch.Tensor:
-        batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
-        r_c, r_r = rm.score(model, batch, bf16)
-        out = ops.bt_loss(r_c, r_r, center_coef=args.center_coef)
+        loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         optimizer.step()
-        if "rewards" not in probe:
-            probe["rewards"] = torch.cat([r_c, r_r]).detach().float().cpu()
-        return out.loss.detach()
+        return loss.detach()
 
     def close():
         nonlocal model, optimizer
@@ -307,6 +341,25 @@ def guard_rm_runner(make_model, chosen, rejected, device, args, bf16: bool) -> R
 
     return Runner("guard", step, int(host["attention_mask"].sum()), f"torch AdamW ({adamw_kind(optimizer, device)})",
                   probe, close)
+
+
+def guard_rm_runner(make_model, chosen, rejected, device, args, bf16: bool) -> Runner:
+    from guard import ops
+    from guard.train import rm
+
+    model = make_model()
+    host = right_padded(chosen + rejected)
+    probe: dict[str, Any] = {"batch": host}
+
+    def loss() -> torch.Tensor:
+        batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
+        r_c, r_r = rm.score(model, batch, bf16)
+        out = ops.bt_loss(r_c, r_r, center_coef=args.center_coef)
+        if "rewards" not in probe:
+            probe["rewards"] = torch.cat([r_c, r_r]).detach().float().cpu()
+        return out.loss
+
+    return guard_runner(model, host, loss, args.lr, device, probe)
 
 
 def trl_rm_runner(make_model, chosen, rejected, device, args, bf16: bool) -> Runner:
@@ -338,12 +391,20 @@ def trl_rm_runner(make_model, chosen, rejected, device, args, bf16: bool) -> Run
         if "rewards" not in probe:
             probe["rewards"] = output.logits.detach().squeeze(-1).float().cpu()
 
-    hook = trainer.model.register_forward_hook(capture)
+    return trl_runner(trainer, model, inputs, trainer.model.register_forward_hook(capture), tmp, config, device, probe)
+
+
+def trl_runner(trainer, model, inputs: dict, hook, tmp, config, device, probe: dict[str, Any],
+               after_first_step=None) -> Runner:
+    """TRL's side of a case: trainer.training_step on the collated batch + optimizer.step + zero_grad, as its
+    train loop does; `after_first_step()` may read TRL's logged metrics into `probe`."""
 
     def step() -> torch.Tensor:
         loss = trainer.training_step(model, dict(inputs))  # a fresh dict: compute_loss adds use_cache to it
         trainer.optimizer.step()
         trainer.optimizer.zero_grad()
+        if after_first_step is not None and "logged" not in probe:
+            after_first_step()
         return loss.detach()
 
     def close():
@@ -377,6 +438,252 @@ def check_rm(results: list[Measured], bf16: bool) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Case `dpo`: a DPO optimizer step with LoRA, the reference being the adapter disabled
+
+# The pref recipe's default LoRA targets (PrefConfig.lora_target_modules): every projection of a Llama block.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_B_STD = 0.02  # LoRA B starts random, not zero, so the policy differs from the reference at step 1
+
+
+def add_dpo_arguments(parser: argparse.ArgumentParser) -> None:
+    add_shape_arguments(parser, lr=5e-6)  # the pref recipe's default lr
+    parser.add_argument("--beta", type=float, default=0.1, help="DPO β of both")
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank of both")
+    parser.add_argument("--lora-alpha", type=float, default=32, help="LoRA alpha of both (dropout is 0)")
+
+
+@dataclass
+class DpoSetup:
+    config: Any  # LlamaConfig
+    state: dict[str, torch.Tensor]  # the peft model's initial state dict (base weights and LoRA), on the CPU
+    lora_config: Callable[[], Any]  # a fresh peft LoraConfig
+    prompts: list[str]
+    chosen: list[str]
+    rejected: list[str]
+    beta: float
+    lr: float
+
+
+def random_preference_texts(pairs: int, seq_len: int, vocab: int, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Prompts and chosen / rejected responses as text of random words w3 .. w{vocab-1} (see bench_tokenizer).
+    A sequence is prompt + response + EOS, seq_len/2 .. seq_len tokens, its prompt 1 .. seq_len/4 of them; the
+    first chosen sequence is seq_len long so the padded batch is exactly seq_len wide. Responses start with a
+    space: TRL tokenizes prompt + response as one string."""
+    gen = torch.Generator().manual_seed(seed)
+    totals = torch.randint(max(3, seq_len // 2), seq_len + 1, (2, pairs), generator=gen)
+    totals[0, 0] = seq_len
+    prompt_lens = torch.randint(1, max(1, seq_len // 4) + 1, (pairs,), generator=gen)
+    prompt_lens = torch.minimum(prompt_lens, totals.min(dim=0).values - 2)  # at least one response token each
+
+    def words(n: int) -> str:
+        return " ".join(f"w{i}" for i in torch.randint(FIRST_WORD_ID, vocab, (int(n),), generator=gen).tolist())
+
+    prompts = [words(p) for p in prompt_lens]
+    chosen = [" " + words(t - p - 1) for t, p in zip(totals[0], prompt_lens)]
+    rejected = [" " + words(t - p - 1) for t, p in zip(totals[1], prompt_lens)]
+    return prompts, chosen, rejected
+
+
+def peft_causal_lm(config, lora_config, device: torch.device):
+    """A random LlamaForCausalLM on `device` wrapped by peft's get_peft_model."""
+    from peft import get_peft_model
+    from transformers import LlamaForCausalLM
+
+    with torch.device(device):
+        return get_peft_model(LlamaForCausalLM(config), lora_config)
+
+
+def initial_peft_state(config, lora_config, seed: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The random LlamaForCausalLM wrapped by peft, LoRA B drawn from N(0, LORA_B_STD²), as a CPU snapshot."""
+    torch.manual_seed(seed)
+    model = peft_causal_lm(config, lora_config, device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * LORA_B_STD)
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    del model
+    free_device(device)
+    return state
+
+
+def run_dpo(args: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[str], list[str]]:
+    from guard import models
+
+    # peft (get_peft_model) and TRL (every reference forward) read a model property transformers 5 deprecates;
+    # not ours to fix (guard.models hides it the same way)
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+    name, pairs, seq_len = resolve_shape(args, device, min_seq_len=3)
+    if not args.beta > 0 or args.lora_r < 1:
+        raise SystemExit(f"error: --beta must be > 0 and --lora-r >= 1, got {args.beta} and {args.lora_r}")
+    attn = models.attention_implementation(device)
+    config = llama_config(name, attn)
+    lora = models.LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=0.0, target_modules=LORA_TARGETS)
+    lora_config = lambda: lora.peft_config("CAUSAL_LM")  # noqa: E731
+    prompts, chosen, rejected = random_preference_texts(pairs, seq_len, config.vocab_size, args.seed)
+    state = initial_peft_state(config, lora_config(), args.seed, device)
+    setup = DpoSetup(config, state, lora_config, prompts, chosen, rejected, args.beta, args.lr)
+    bf16 = device.type == "cuda"
+
+    results = [measure(lambda: runner(setup, device, args, bf16), device, args.steps, args.warmup)
+               for runner in (guard_dpo_runner, trl_dpo_runner)]
+    checks = check_dpo(results, bf16, args.beta)
+    trainable = sum(v.numel() for k, v in state.items() if "lora_" in k)
+    header = [f"model: random LlamaForCausalLM, config `{name}` "
+              f"({sum(v.numel() for k, v in state.items() if 'lora_' not in k) / 1e6:.1f}M parameters), attention "
+              f"{attn}, {'fp32 weights + bf16 autocast' if bf16 else 'fp32'}; LoRA r {args.lora_r}, alpha "
+              f"{args.lora_alpha:g}, dropout 0 on {', '.join(LORA_TARGETS)} ({trainable / 1e6:.2f}M trainable), "
+              f"B initialised N(0, {LORA_B_STD}²); reference = the adapter disabled",
+              f"batch: {pairs} pairs (prompt + chosen, prompt + rejected), sequences of {max(3, seq_len // 2)}.."
+              f"{seq_len} tokens with EOS, right-padded; {results[0].tokens_per_step} real tokens per step (each "
+              f"through the reference and the policy forward, counted once); loss sigmoid, β {args.beta:g}, "
+              f"lr {args.lr:g}",
+              f"steps: {args.warmup} warmup + {args.steps} timed (step = reference forward, policy forward, DPO loss, "
+              "backward, AdamW step; no clipping or scheduler in either; TRL's step also computes its logged metrics)"]
+    return result_rows("dpo", results), header, checks
+
+
+def make_peft_policy(setup: DpoSetup, device: torch.device):
+    """The causal LM wrapped by peft with the shared LoRA config and the shared initial weights."""
+    model = peft_causal_lm(setup.config, setup.lora_config(), device)
+    model.load_state_dict(setup.state, strict=True)
+    return model.train()
+
+
+def guard_dpo_runner(setup: DpoSetup, device, args, bf16: bool) -> Runner:
+    from guard import data as gdata
+    from guard.train import pref
+
+    hf_tok = bench_tokenizer(setup.config.vocab_size)
+    tok = gdata.Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
+    encoded = gdata.encode_pairs(tok, setup.prompts, setup.chosen, setup.rejected, max_length=None,
+                                 eos_token_id=hf_tok.eos_token_id)
+    if len(encoded) != len(setup.prompts):
+        raise CheckFailed(f"guard's encode_pairs dropped pairs: {encoded.dropped}")
+    host = {k: torch.from_numpy(v) for k, v in
+            gdata.padded_batch(encoded, np.arange(len(encoded)), hf_tok.pad_token_id).items()}
+    model = make_peft_policy(setup, device)
+    cfg = pref.PrefConfig(loss="sigmoid", beta=setup.beta)
+    probe: dict[str, Any] = {"batch": host}
+
+    def loss() -> torch.Tensor:
+        batch = {k: host[k].to(device, non_blocking=True) for k in pref.PAIR_KEYS}
+        ref_logps = pref.reference_logps(model, None, batch, bf16)  # None: the adapter disabled
+        out = pref.preference_step(model, None, batch, cfg, bf16, None, None, ref_logps)
+        if "logratios" not in probe:
+            probe["ref_logps"] = ref_logps.detach().float().cpu()
+            probe["logratios"] = (out.logps.detach().float() - ref_logps.float()).cpu()
+        return out.loss
+
+    return guard_runner(model, host, loss, setup.lr, device, probe)
+
+
+def trl_dpo_runner(setup: DpoSetup, device, args, bf16: bool) -> Runner:
+    import datasets
+    from transformers import LlamaForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    datasets.disable_progress_bars()  # DPOTrainer tokenizes with dataset.map
+    tmp = tempfile.TemporaryDirectory(prefix="bench-trl-")
+    with warnings.catch_warnings():  # TrainingArguments' own deprecation notices about fields we do not set
+        warnings.simplefilter("ignore", FutureWarning)
+        config = DPOConfig(
+            output_dir=tmp.name, report_to="none", logging_strategy="no", save_strategy="no", eval_strategy="no",
+            disable_tqdm=True, per_device_train_batch_size=len(setup.prompts), learning_rate=setup.lr,
+            weight_decay=0.0, bf16=bf16, seed=args.seed, dataloader_num_workers=0, use_cpu=device.type != "cuda",
+            loss_type=["sigmoid"], beta=setup.beta, precompute_ref_log_probs=False, gradient_checkpointing=False,
+            max_length=None, pad_to_multiple_of=None,
+        )
+    dataset = datasets.Dataset.from_dict({"prompt": setup.prompts, "chosen": setup.chosen, "rejected": setup.rejected})
+    with torch.device(device):
+        base = LlamaForCausalLM(setup.config)
+    trainer = DPOTrainer(model=base, args=config, train_dataset=dataset,
+                         processing_class=bench_tokenizer(setup.config.vocab_size), peft_config=setup.lora_config())
+    trainer.model.load_state_dict(setup.state, strict=True)  # the shared weights, LoRA included
+    # What Trainer.train() does before its loop (_prepare_for_training), as in the rm case.
+    trainer.create_optimizer()
+    model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    trainer.model_wrapped = model
+    trainer.current_gradient_accumulation_steps = 1
+    inputs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    probe: dict[str, Any] = {"batch": {k: inputs[k] for k in ("input_ids", "attention_mask", "completion_mask")}}
+
+    # compute_loss calls the peft model twice: the policy (with grad) and the reference (adapter disabled, no grad);
+    # both return TRL's per-token log-probs, which it sums per sequence.
+    def capture(_module, _args, output):
+        key = "policy_logps" if output.log_probs.requires_grad else "ref_logps"
+        if key not in probe:
+            probe[key] = output.log_probs.detach().float().sum(dim=1).cpu()
+
+    def read_logged():  # TRL's own step-1 metrics, to confirm the hook saw the forwards the loss used
+        probe["logged"] = {k: trainer._metrics["train"][k][0] for k in ("rewards/chosen", "rewards/rejected")}
+
+    return trl_runner(trainer, model, inputs, trainer.model.register_forward_hook(capture), tmp, config, device, probe,
+                      after_first_step=read_logged)
+
+
+def dpo_tolerances(bf16: bool) -> dict[str, dict[str, float]]:
+    """rtol/atol per compared quantity.
+
+    fp32 (CPU): both sum the same fp32 per-token log-probs in a different order (guard's chunked torch path vs
+    TRL's chunked head), so sequence log-probs (|x| ~ T·log V) agree to ~1e-6 relative and the log-ratios (their
+    differences, |x| ~ 1) to ~1e-5 absolute (the tiny config shows 0: both run the same chunked torch math). The
+    step-2 bound (~2e-5) is well under what one AdamW step moves the tiny loss at the default lr (~5e-4), so a
+    missed or different step fails it.
+    bf16 autocast (GPU): the backbones run the same kernels, but TRL's fused head writes each logit tile in bf16
+    (~2^-9 relative; trl/kernels/chunked_logprob.py) while guard's kernel folds its fp32 dot accumulators, so
+    each token's log-prob may differ by ~1e-2 and a sequence
+    sum of ~1000 tokens by ~0.1-0.3 (a random walk); log-ratios take two such sums. The loss moves by at most
+    β/2 x the log-ratio gap per pair. Not yet calibrated on a GPU: the checks print the observed gaps.
+    """
+    if not bf16:
+        return {"ref_logps": dict(rtol=1e-5, atol=1e-4), "logratios": dict(rtol=1e-4, atol=1e-4),
+                "loss": dict(rtol=1e-5, atol=1e-5), "loss2": dict(rtol=1e-5, atol=1e-5),
+                "logged": dict(rtol=1e-5, atol=1e-6)}
+    return {"ref_logps": dict(rtol=2e-4, atol=0.5), "logratios": dict(rtol=2e-2, atol=0.5),
+            "loss": dict(rtol=2e-2, atol=2e-2), "loss2": dict(rtol=2e-2, atol=2e-2),
+            "logged": dict(rtol=1e-3, atol=1e-4)}
+
+
+def check_dpo(results: list[Measured], bf16: bool, beta: float) -> list[str]:
+    guard, trl = (next(r for r in results if r.impl == impl) for impl in ("guard", "trl"))
+    g_batch, t_batch = guard.probe["batch"], trl.probe["batch"]
+    for key in ("input_ids", "attention_mask"):
+        if not torch.equal(g_batch[key], t_batch[key].cpu()):
+            raise CheckFailed(f"the batches differ in {key}: guard's encode_pairs + padded_batch is not what "
+                              "TRL's tokenization + DataCollatorForPreference built")
+    if not torch.equal(g_batch["labels"] != -100, t_batch["completion_mask"].cpu().bool()):
+        raise CheckFailed("the batches differ in which tokens are scored: guard's labels != -100 is not TRL's "
+                          "completion_mask")
+    for key in ("policy_logps", "ref_logps", "logged"):
+        if key not in trl.probe:
+            raise CheckFailed(f"the hook on TRL's model saw no {key} (did DPOTrainer.compute_loss change?)")
+    tol = dpo_tolerances(bf16)
+    t_logratios = trl.probe["policy_logps"] - trl.probe["ref_logps"]
+    half = t_logratios.shape[0] // 2
+    logged = trl.probe["logged"]
+    checks = [
+        "batch: guard's padded batch equals TRL's collated batch (input_ids, attention_mask; labels != -100 = "
+        "completion_mask)",
+        check_close("TRL probe: hooked log-ratios give TRL's logged step-1 rewards/chosen, rewards/rejected",
+                    torch.stack([beta * t_logratios[:half].mean(), beta * t_logratios[half:].mean()]),
+                    torch.tensor([logged["rewards/chosen"], logged["rewards/rejected"]]), **tol["logged"]),
+        check_close("step-1 reference log-probs (chosen then rejected)", guard.probe["ref_logps"],
+                    trl.probe["ref_logps"], **tol["ref_logps"]),
+        check_close("step-1 log-ratios log π − log π_ref (chosen then rejected)", guard.probe["logratios"],
+                    t_logratios, **tol["logratios"]),
+        check_close("step-1 loss", guard.losses[0], trl.losses[0], **tol["loss"]),
+    ]
+    if not t_logratios.abs().max() > 0:
+        raise CheckFailed("TRL's step-1 log-ratios are all zero: the LoRA weights did not reach the policy")
+    if len(guard.losses) > 1:
+        checks.append(check_close("step-2 loss (after one AdamW step)", guard.losses[1], trl.losses[1],
+                                  **tol["loss2"]))
+    return checks
+
+
+# ----------------------------------------------------------------------------------------------------
 # Registry and entry point
 
 
@@ -389,6 +696,7 @@ class Case:
 
 CASES: dict[str, Case] = {
     "rm": Case("reward-model step: guard's recipe vs TRL RewardTrainer", add_rm_arguments, run_rm),
+    "dpo": Case("DPO step with LoRA: guard's pref recipe vs TRL DPOTrainer", add_dpo_arguments, run_dpo),
 }
 
 
