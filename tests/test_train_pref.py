@@ -6,6 +6,7 @@ first round's alignment where plain sequential DPO loses it), presets, conversat
 templates, what a run writes, and bad input ending in one clear error line. Tiny models and local data only.
 Distributed and kill-and-resume runs: tests/test_train_pref_runs.py."""
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -133,6 +134,21 @@ def test_a_tied_lm_head_gets_its_gradient_through_the_shared_embedding():
     out.loss.backward()
     grad = model.get_input_embeddings().weight.grad
     assert grad is not None and grad[20:].abs().sum() > 0
+
+
+def test_a_deep_copy_made_after_a_forward_computes_with_its_own_weights():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**json.loads(models.PRESETS["tiny"].read_text()), vocab_size=40))
+    ids = torch.randint(0, 40, (2, 5))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    before = pref.policy_logps(model, batch, False)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.get_output_embeddings().weight.mul_(3.0)
+    assert torch.equal(pref.policy_logps(model, batch, False), before)
+    assert not torch.allclose(pref.policy_logps(twin, batch, False), before)
 
 
 def test_a_run_writes_metrics_checkpoints_model_rewards_and_report(tmp_path, synthetic):

@@ -117,19 +117,21 @@ def hidden_and_labels(model, batch: dict[str, torch.Tensor], autocast: bool
 
 def hidden_forward(model):
     """model's (input_ids, attention_mask) -> (final hidden states, LM head weight), registered as an FSDP2
-    forward method so the root unit (embeddings, norm, LM head) is all-gathered and its gradients reduced."""
-    method = getattr(model, "_guard_hidden_forward", None)
-    if method is None:
+    forward method so the root unit (embeddings, norm, LM head) is all-gathered and its gradients reduced.
+    Made once per model object: a deep copy made later (whose copied attribute would still call the original)
+    gets its own, since the owner recorded beside it is not the copy."""
+    if getattr(model, "_guard_hidden_owner", None) != id(model):
         def _guard_hidden_forward(input_ids, attention_mask):
             hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask,
                                      use_cache=False).last_hidden_state
             return hidden, lm_head_weight(model)
 
-        model._guard_hidden_forward = _guard_hidden_forward
         from torch.distributed.fsdp import register_fsdp_forward_method
+
+        model._guard_hidden_forward = _guard_hidden_forward
         register_fsdp_forward_method(model, "_guard_hidden_forward")
-        method = model._guard_hidden_forward
-    return method
+        model._guard_hidden_owner = id(model)
+    return model._guard_hidden_forward
 
 
 @torch.no_grad()
