@@ -19,3 +19,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """Preference pairs a tiny policy learns in a few dozen steps (pref_data.synthetic_pairs)."""
+    from pref_data import synthetic_pairs
+
+    return synthetic_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl")
+
+
+@pytest.fixture(scope="module")
+def two_dimensions(tmp_path_factory):
+    """Two conflicting preference dimensions for SPO rounds (pref_data.two_dimension_pairs)."""
+    from pref_data import two_dimension_pairs
+
+    return two_dimension_pairs(tmp_path_factory.mktemp("spo") / "pairs.jsonl")

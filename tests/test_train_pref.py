@@ -8,7 +8,6 @@ Distributed and kill-and-resume runs: tests/test_train_pref_runs.py."""
 
 import copy
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +17,7 @@ import torch
 from guard import audit, models
 from guard.train import common, pref
 from guard.train.__main__ import main as train_main
-
-FAST = ["--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--max-length", "48", "--batch-size", "8",
-        "--eval-batch-size", "16", "--log-every", "1", "--lora-r", "8", "--lora-dropout", "0", "--lr", "1e-2",
-        "--lr-schedule", "constant", "--warmup-ratio", "0", "--save-every", "0"]
-
-WORDS = ("maybe", "later", "nobody", "cares", "hard", "to", "say", "it", "depends", "whatever", "too", "much")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    """Pairs where the chosen response is always the same short sentence and the rejected one is random words:
-    a preference a tiny policy learns in a few dozen steps. Two categories, for the adversary."""
-    rng = random.Random(0)
-    rows = []
-    for k in range(160):
-        rejected = " ".join(rng.choice(WORDS) for _ in range(6)) + "."
-        rows.append({"prompt": f"Question {k}: what now?", "chosen": "Stay safe here.", "rejected": rejected,
-                     "category": ("helpful", "harmless")[k % 2]})
-    return write_jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl", rows)
-
+from pref_data import FAST, write_jsonl
 
 def metrics(run_dir: Path) -> list[dict]:
     return common.read_jsonl(run_dir / "metrics.jsonl")
@@ -270,27 +245,6 @@ def test_full_fine_tuning_with_a_precomputed_reference_holds_one_model(tmp_path,
 
 # ----------------------------------------------------------------------------------------------------
 # SPO
-
-
-A, B = "Stay safe here.", "Nobody cares much."
-
-
-@pytest.fixture(scope="module")
-def two_dimensions(tmp_path_factory) -> Path:
-    """Two dimensions over the same two responses, each with label noise (so the preference optimum is
-    finite): "first" prefers A in 80% of its pairs, "second" prefers B in 88%. Plain sequential DPO moves
-    the A-vs-B log-ratio past what round 1 gave it (β·shift = logit 0.88 > logit 0.8); SPO's κ term with α = 0.9
-    keeps round 1's (logit 0.88 − α·logit 0.8 < logit 0.8)."""
-    rows = []
-    for k in range(160):
-        w, l = (A, B) if k % 5 else (B, A)
-        rows.append({"prompt": f"Question {k}: what now?", "chosen": w, "rejected": l, "dimension": "first",
-                     "category": ("helpful", "harmless")[k % 2]})
-    for k in range(160):
-        w, l = (B, A) if k % 25 < 22 else (A, B)
-        rows.append({"prompt": f"Question {k}: what now?", "chosen": w, "rejected": l, "dimension": "second",
-                     "category": ("helpful", "harmless")[k % 2]})
-    return write_jsonl(tmp_path_factory.mktemp("spo") / "pairs.jsonl", rows)
 
 
 SPO = ["--loss", "spo", "--dimensions", "first,second", "--beta", "0.5", "--batch-size", "48", "--eval-batch-size",

@@ -12,7 +12,6 @@ Tiny models and local synthetic data only; every process runs with OMP_NUM_THREA
 import glob
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,48 +23,11 @@ import pytest
 
 from guard import audit, distributed, models
 from guard.train import common
-
-FAST = ["--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--max-length", "48", "--batch-size", "8",
-        "--eval-batch-size", "16", "--log-every", "1", "--lora-r", "8", "--lora-dropout", "0", "--lr", "1e-2",
-        "--lr-schedule", "constant", "--warmup-ratio", "0", "--save-every", "0"]
-
-WORDS = ("maybe", "later", "nobody", "cares", "hard", "to", "say", "it", "depends", "whatever", "too", "much")
+from pref_data import FAST
 
 #: What a distributed run must reproduce step by step (tokens_per_s, epoch and lr are not compared or are trivial).
 COMPARED = ("loss", "pref_loss", "adv_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
             "rewards/accuracy", "logratio/chosen", "logratio/rejected")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    """The chosen response is always the same short sentence, the rejected one random words (learnable in a few
-    steps); two alternating categories, so the adversary runs."""
-    rng = random.Random(0)
-    rows = []
-    for k in range(160):
-        rejected = " ".join(rng.choice(WORDS) for _ in range(6)) + "."
-        rows.append({"prompt": f"Question {k}: what now?", "chosen": "Stay safe here.", "rejected": rejected,
-                     "category": ("helpful", "harmless")[k % 2]})
-    return write_jsonl(tmp_path_factory.mktemp("data") / "pairs.jsonl", rows)
-
-
-@pytest.fixture(scope="module")
-def spo_data(tmp_path_factory) -> Path:
-    """Two dimensions over the same prompts and the same two responses: "first" mostly prefers A, "second"
-    mostly prefers B, so round 2 pulls against round 1 (which SPO's α term resists)."""
-    a, b = "Stay safe here.", "Nobody cares much."
-    rows = []
-    for dim, a_wins in (("first", lambda k: k % 5 != 0), ("second", lambda k: not k % 25 < 22)):
-        for k in range(160):
-            chosen, rejected = (a, b) if a_wins(k) else (b, a)
-            rows.append({"prompt": f"Question {k}: what now?", "chosen": chosen, "rejected": rejected,
-                         "dimension": dim, "category": ("helpful", "harmless")[k % 2]})
-    return write_jsonl(tmp_path_factory.mktemp("spo") / "spo.jsonl", rows)
 
 
 def env() -> dict:
@@ -174,12 +136,12 @@ def test_resume_after_a_kill_gives_the_uninterrupted_metrics(tmp_path, synthetic
     np.testing.assert_array_equal(b.rejected, a.rejected)
 
 
-def test_spo_resume_after_a_kill_in_round_two_gives_the_uninterrupted_results(tmp_path, spo_data):
+def test_spo_resume_after_a_kill_in_round_two_gives_the_uninterrupted_results(tmp_path, two_dimensions):
     """Two SPO rounds (first, then second, α = 0.9); the run is SIGKILLed in round 2 once its step-3 checkpoint
     exists, then resumed: round 1 is taken as it is (summary and cached log-probs), round 2 continues from its
     checkpoint, and spo.csv, round 2's metrics and held-out rewards and the cached log-probs of the final
     policy equal the uninterrupted run's."""
-    args = ["--data", str(spo_data), "--loss", "spo", "--dimensions", "first,second", "--alpha", "0.9",
+    args = ["--data", str(two_dimensions), "--loss", "spo", "--dimensions", "first,second", "--alpha", "0.9",
             "--beta", "0.5", "--batch-size", "48", "--eval-batch-size", "48", "--max-steps", "10", "--save-every", "3",
             "--lr", "1e-2", "--lr-schedule", "constant", "--warmup-ratio", "0", "--lora-r", "8", "--lora-dropout", "0",
             "--max-length", "48", "--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--log-every", "1"]
