@@ -11,70 +11,27 @@ Tiny models and local synthetic data only; every process runs with OMP_NUM_THREA
 
 import glob
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from guard import audit, distributed, models
+from guard import audit, models
 from guard.train import common
 from pref_data import FAST
+from recipe_runs import kill_after_checkpoint, run_recipe, run_torchrun
 
 #: What a distributed run must reproduce step by step (tokens_per_s, epoch and lr are not compared or are trivial).
 COMPARED = ("loss", "pref_loss", "adv_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
             "rewards/accuracy", "logratio/chosen", "logratio/rejected")
 
 
-def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def run_ok(command: list[str]) -> None:
-    """Run `command`; on failure, show the lines naming an error first (torchrun buries them), then the tail."""
-    result = subprocess.run(command, capture_output=True, text=True, env=env(), timeout=600, check=False)
-    errors = [line for line in result.stderr.splitlines() if "Error" in line or line.startswith("error:")]
-    assert result.returncode == 0, "\n".join(errors[-10:]) + "\n---\n" + result.stderr[-3000:]
-
-
 def run_pref(args: list[str]) -> None:
-    run_ok([sys.executable, "-m", "guard.train", "pref", *args])
-
-
-def run_torchrun(args: list[str]) -> None:
-    run_ok([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-            "-m", "guard.train", "pref", *args, "--device", "cpu"])
+    run_recipe("pref", args)
 
 
 def metrics(run_dir: Path, drop=("tokens_per_s",)) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in drop} for row in common.read_jsonl(run_dir / "metrics.jsonl")]
-
-
-def kill_after_checkpoint(args: list[str], run_dir: Path, step: int) -> list[dict]:
-    """Start the recipe on `args`, SIGKILL it as soon as run_dir's checkpoint of `step` exists (a complete one: it
-    is renamed into place), check that it did stop before its end, and return the metrics lines (tokens_per_s
-    included) up to the step of run_dir's newest checkpoint: a resume must keep them as they are, where a run
-    restarted from step 0 would write new timings."""
-    checkpoint = run_dir / "checkpoints" / f"step-{step:08d}"
-    proc = subprocess.Popen([sys.executable, "-m", "guard.train", "pref", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env())
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not checkpoint.is_dir() and proc.poll() is None:
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert checkpoint.is_dir(), f"{checkpoint} never appeared"
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
-    last = int(distributed.latest_checkpoint(run_dir).name.split("-")[1])
-    kept = [row for row in common.read_jsonl(run_dir / "metrics.jsonl") if row["step"] <= last]
-    assert [row["step"] for row in kept] == list(range(1, last + 1))
-    return kept
 
 
 @pytest.mark.slow
@@ -88,7 +45,7 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path, syntheti
     args = ["--data", str(synthetic), "--max-steps", "4", "--lambda-adv", "0.2", *FAST, *extra]
     single, double = tmp_path / "single", tmp_path / "double"
     run_pref([*args, "--output-dir", str(single)])
-    run_torchrun([*args, "--output-dir", str(double)])
+    run_torchrun("pref", [*args, "--output-dir", str(double)])
 
     a, b = metrics(single), metrics(double)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
@@ -124,7 +81,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_metrics(tmp_path, synthetic
     run_pref([*args, "--output-dir", str(full)])
 
     killed = tmp_path / "killed"
-    before = kill_after_checkpoint([*args, "--output-dir", str(killed)], killed, 3)
+    before = kill_after_checkpoint("pref", [*args, "--output-dir", str(killed)], killed, 3)
     assert not (killed / "summary.json").exists() and not (killed / "rewards.jsonl").exists()
     run_pref([*args, "--output-dir", str(killed), "--resume"])
     assert common.read_jsonl(killed / "metrics.jsonl")[:len(before)] == before  # continued, not restarted
@@ -155,7 +112,7 @@ def test_spo_resume_after_a_kill_in_round_two_gives_the_uninterrupted_results(tm
     assert json.loads((full / round2 / "summary.json").read_text())["accuracy"] > 0.6
 
     killed = tmp_path / "killed"
-    before = kill_after_checkpoint([*args, "--output-dir", str(killed)], killed / round2, 3)
+    before = kill_after_checkpoint("pref", [*args, "--output-dir", str(killed)], killed / round2, 3)
     assert (killed / round1 / "summary.json").is_file()  # round 1 had finished
     assert not (killed / round2 / "summary.json").exists() and not (killed / "spo.csv").exists()
     assert not (killed / "spo-cache" / "policy-2.npz").exists()

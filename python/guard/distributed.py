@@ -54,7 +54,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -175,7 +175,8 @@ def shard_model(model: nn.Module, dist: Dist, *, param_dtype: torch.dtype | None
     whose class name ends in "DecoderLayer") and the root for the rest (embeddings, norm, score head).
     `param_dtype` (e.g. bf16) is the compute dtype of the gathered parameters; gradients are reduced in
     float32. Parameters move to `dist.device`. Returns `model` itself (its class becomes an FSDP
-    subclass). Not distributed: returned unchanged (move it to `dist.device` yourself)."""
+    subclass); its `generate`, if it has one, gathers the root's parameters around the call. Not
+    distributed: returned unchanged (move it to `dist.device` yourself)."""
     if not dist.enabled:
         return model
     from torch.distributed.device_mesh import init_device_mesh
@@ -188,6 +189,12 @@ def shard_model(model: nn.Module, dist: Dist, *, param_dtype: torch.dtype | None
     for layer in _decoder_layers(model):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
+    if callable(getattr(model, "generate", None)):
+        # A peft model's generate reaches the inner model's forward without passing the root's: gather the
+        # root's parameters around the whole call.
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        register_fsdp_forward_method(model, "generate")
     return model
 
 
@@ -228,6 +235,24 @@ def gather_rows(t: torch.Tensor, dist: Dist) -> torch.Tensor:
         raise ValueError(f"gather_rows: ranks disagree on the trailing shape: {sorted(trailing)}")
     sizes = [int(s[0]) for s in shapes]
     return _GatherRows.apply(t, sizes, dist.rank)
+
+
+def gather_objects(obj: Any, dist: Dist) -> list[Any]:
+    """Every rank's picklable `obj`, in rank order, on every rank ([obj] single process)."""
+    if not dist.enabled:
+        return [obj]
+    out: list[Any] = [None] * dist.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: Sequence[float], dist: Dist) -> list[float]:
+    """Element-wise sums over ranks of a few numbers (float64), on every rank."""
+    if not dist.enabled:
+        return [float(v) for v in values]
+    buffer = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dist.device)
+    tdist.all_reduce(buffer, op=tdist.ReduceOp.SUM)
+    return buffer.tolist()
 
 
 def average_gradients(module: nn.Module, dist: Dist) -> None:

@@ -72,7 +72,7 @@ def parse_config(cls: type, argv: list[str] | None, prog: str, description: str,
 
 
 @contextlib.contextmanager
-def recipe_session(cfg: TrainOptions, lambdas: Sequence[float]):
+def recipe_session(cfg: TrainOptions, lambdas: Sequence[float] | None = None):
     """What every recipe's run does around its work: check the options, join the torchrun process group
     (or not), load the tokenizer; yields (dist, hf tokenizer, guard tokenizer, EOS id to append or None) and
     leaves the process group at the end."""
@@ -95,8 +95,8 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TrainOptions:
-    """The options every recipe shares (data, model, optimisation, fairness, run); a recipe's config
-    subclasses it, adds its own and may redeclare a field to change its default."""
+    """The options every recipe shares (data, model, optimisation, run); a recipe's config subclasses it
+    (or PairTrainOptions), adds its own and may redeclare a field to change its default or its help."""
 
     # data
     data: str = option("", "training pairs: a .jsonl/.json/.parquet/.csv file, a folder or a hub dataset name")
@@ -107,7 +107,6 @@ class TrainOptions:
     dimensions: list[str] | None = option(None, "keep only these preference dimensions, e.g. harmless")
     categories: list[str] | None = option(
         None, "category names in order (data with another category is an error); default: the training data's")
-    max_length: int = option(1024, "tokens per prompt+response sequence; a longer response is cut at its end")
     max_prompt_length: int | None = option(None, "keep at most the last N prompt tokens")
     # model
     model: str = option("tiny", "a local model directory, a hub name, or the preset 'tiny' (a small random Llama)")
@@ -131,15 +130,6 @@ class TrainOptions:
     warmup_ratio: float = option(0.03, "share of the steps spent in linear warmup")
     lr_schedule: str = option("cosine", "decay after warmup", choices=("cosine", "linear", "constant"))
     max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)")
-    # fairness (GUARD)
-    lambda_adv: list[float] = option([0.2], "fairness weight λ; 0 = the plain loss; several values (0,0.2,0.8) "
-                                     "run a sweep")
-    adversary: str = option("rewards", "what the adversary reads: each pair's rewards, or per-category moments",
-                            choices=("rewards", "moments"))
-    adv_objective: str = option("ce", "what the model maximises: the adversary's cross-entropy (paper) or "
-                                "its predictive entropy (authors' code)", choices=("ce", "entropy"))
-    adv_hidden: int = option(64, "hidden units of the adversary MLP")
-    adv_lr: float = option(1e-3, "adversary learning rate (Adam)")
     # run
     output_dir: str = option("", "where the run writes config, metrics, checkpoints, model and report")
     seed: int = option(0, "seed of the data order, the held-out split, the model init and the audit")
@@ -151,6 +141,23 @@ class TrainOptions:
     device: str = option("auto", "cuda, cpu, or auto (cuda when available)")
     chat_template: str | None = option(None, "a Jinja chat template file for conversational data, when the "
                                        "tokenizer has none (plain-text prompts are used as they are)")
+
+
+@dataclass
+class PairTrainOptions(TrainOptions):
+    """What the recipes that train on preference pairs (rm, pref) add: the sequence budget and GUARD's
+    fairness adversary."""
+
+    max_length: int = option(1024, "tokens per prompt+response sequence; a longer response is cut at its end")
+    # fairness (GUARD)
+    lambda_adv: list[float] = option([0.2], "fairness weight λ; 0 = the plain loss; several values (0,0.2,0.8) "
+                                     "run a sweep")
+    adversary: str = option("rewards", "what the adversary reads: each pair's rewards, or per-category moments",
+                            choices=("rewards", "moments"))
+    adv_objective: str = option("ce", "what the model maximises: the adversary's cross-entropy (paper) or "
+                                "its predictive entropy (authors' code)", choices=("ce", "entropy"))
+    adv_hidden: int = option(64, "hidden units of the adversary MLP")
+    adv_lr: float = option(1e-3, "adversary learning rate (Adam)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -238,11 +245,13 @@ def _first_bad_json_line(path: Path) -> str | None:
 
 
 def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", dimensions: Sequence[str] | None = None,
-                  chat_template=None, tokenizer_name: str = "the tokenizer", what: str = "data") -> PreferenceSet:
-    """A PreferenceSet from a local file/folder or a hub dataset name, with every failure turned into one
-    clear ConfigError naming the source (a malformed JSON line by its number). Plain-text prompts are used
-    as they are; `chat_template` (a tokenizer with one, or None) renders conversational data only. A
-    dimension asked for in `dimensions` that has no pairs is an error."""
+                  chat_template=None, tokenizer_name: str = "the tokenizer", what: str = "data",
+                  loader: Callable = load_preferences, items: str = "preference pairs"):
+    """A PreferenceSet (or what `loader` returns: guard.prompts.load_prompts gives a PromptSet of `items`
+    "prompts") from a local file/folder or a hub dataset name, with every failure turned into one clear
+    ConfigError naming the source (a malformed JSON line by its number). Plain-text prompts are used as they
+    are; `chat_template` (a tokenizer with one, or None) renders conversational data only. A dimension asked
+    for in `dimensions` that has no data is an error."""
     if not source:
         raise ConfigError(f"no {what} given (--{what.replace('_', '-')} PATH_OR_HUB_NAME)")
     path = Path(source).expanduser()
@@ -251,7 +260,7 @@ def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", di
     if looks_local and not path.exists():
         raise ConfigError(f"{what} not found: {source} (no such file or directory)")
     if path.is_file() and path.suffix in (".jsonl", ".json") and path.stat().st_size == 0:
-        raise ConfigError(f"{what} {source} is empty: no preference pairs to train on")
+        raise ConfigError(f"{what} {source} is empty: no {items} to train on")
     if path.is_file() and path.suffix == ".jsonl":  # name the bad line before datasets' parser gets to it
         bad = _first_bad_json_line(path)
         if bad:
@@ -259,8 +268,8 @@ def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", di
 
     def load(template, dims):
         try:
-            return load_preferences(str(path) if looks_local else source, schema=schema, split=split,
-                                    dimensions=dims, chat_template=template)
+            return loader(str(path) if looks_local else source, schema=schema, split=split, dimensions=dims,
+                          chat_template=template)
         except NeedsChatTemplate as err:
             if template is None and chat_template is not None:  # conversational: render with the template
                 return load(chat_template, dims)
@@ -272,16 +281,17 @@ def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", di
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ConfigError(f"cannot read {what} {source}: {reason}") from err
 
-    pairs = load(None, dimensions)
-    missing = [d for d in dimensions or () if d not in pairs.dimension_names]
+    loaded = load(None, dimensions)
+    names = getattr(loaded, "dimension_names", None)  # a PromptSet's prompts carry no dimension
+    missing = [d for d in dimensions or () if names is not None and d not in names]
     if missing:
         present = load(None, None).dimension_names
         raise ConfigError(f"{what} {source}: no pairs for dimension {missing[0]!r} named in --dimensions "
                           f"(dimensions in the data: {present or 'none (no dimension column)'})")
-    if len(pairs) == 0:
-        raise ConfigError(f"{what} {source} has no usable preference pairs (rows read: {pairs.n_input}; "
-                          f"set aside: {pairs.dropped or 'none'})")
-    return pairs
+    if len(loaded) == 0:
+        raise ConfigError(f"{what} {source} has no usable {items} (rows read: {loaded.n_input}; "
+                          f"set aside: {loaded.dropped or 'none'})")
+    return loaded
 
 
 def chat_template_source(hf_tok, template_file: str | None):
@@ -501,21 +511,22 @@ class Schedule:
         return round(done / self.steps_per_epoch, 4)
 
 
-def plan_steps(cfg: TrainOptions, n_pairs: int) -> Schedule:
+def plan_steps(cfg: TrainOptions, n_pairs: int, what: str = "training pairs") -> Schedule:
     steps_per_epoch = n_pairs // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {n_pairs} training pairs")
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {n_pairs} {what}")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     return Schedule(n_pairs, cfg.batch_size, steps_per_epoch, total, int(cfg.warmup_ratio * total))
 
 
-def check_options(cfg: TrainOptions, lambdas: Sequence[float]) -> None:
-    """The checks every recipe makes before any work: an output directory, positive sizes, valid λ."""
+def check_options(cfg: TrainOptions, lambdas: Sequence[float] | None = None) -> None:
+    """The checks every recipe makes before any work: an output directory, positive sizes, valid λ (for the
+    recipes with a fairness weight)."""
     if not cfg.output_dir:
         raise ConfigError("--output-dir is required")
     if cfg.batch_size < 1 or cfg.epochs < 1 or (cfg.max_steps is not None and cfg.max_steps < 1):
         raise ConfigError("--batch-size, --epochs and --max-steps must be positive")
-    if not lambdas or any(lam < 0 or not math.isfinite(lam) for lam in lambdas):
+    if lambdas is not None and (not lambdas or any(lam < 0 or not math.isfinite(lam) for lam in lambdas)):
         raise ConfigError(f"--lambda-adv must be one or more non-negative numbers, got {list(lambdas)}")
 
 
@@ -598,16 +609,21 @@ class Optimization:
         self.optimizer.step()
 
 
-def resume_state(cfg: TrainOptions, run_dir: Path, model: torch.nn.Module, opt: Optimization, dist
+def resume_state(cfg: TrainOptions, run_dir: Path, model: torch.nn.Module, opt, dist, extra: dict | None = None
                  ) -> tuple[int, MetricsLog]:
-    """(first step, metrics log): with --resume, the last checkpoint is loaded into model, optimizers and
-    adversary and the metrics past it are dropped; otherwise step 0 and a fresh log."""
+    """(first step, metrics log): with --resume, the last checkpoint is loaded into model, the optimizers and
+    modules of `opt` (an Optimization, or anything with `optimizers` and `modules`), `extra` is updated with
+    what save_step stored beside the step, and the metrics past it are dropped; otherwise step 0 and a fresh
+    log."""
     from guard import distributed
 
     start_step = 0
     checkpoint = distributed.latest_checkpoint(run_dir) if cfg.resume else None
     if checkpoint is not None:
-        start_step = distributed.load_checkpoint(checkpoint, model, opt.optimizers, opt.modules, dist)["step"]
+        saved = distributed.load_checkpoint(checkpoint, model, opt.optimizers, opt.modules, dist)
+        start_step = saved.pop("step")
+        if extra is not None:
+            extra.update(saved)
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step if cfg.resume else None, enabled=dist.is_main)
     return start_step, log
 
@@ -620,11 +636,13 @@ def checkpoint_now(done: int, cfg: TrainOptions, total_steps: int) -> bool:
     return bool(cfg.save_every and done % cfg.save_every == 0) or done == total_steps
 
 
-def save_step(run_dir: Path, done: int, model: torch.nn.Module, opt: Optimization, cfg: TrainOptions, dist) -> None:
+def save_step(run_dir: Path, done: int, model: torch.nn.Module, opt, cfg: TrainOptions, dist,
+              extra: dict | None = None) -> None:
+    """A checkpoint of step `done`: model, `opt`'s optimizers and modules, and `extra` (JSON) beside the step."""
     from guard import distributed
 
-    distributed.save_checkpoint(run_dir, done, model, opt.optimizers, opt.modules, {"step": done}, dist,
-                                keep=cfg.keep_checkpoints)
+    distributed.save_checkpoint(run_dir, done, model, opt.optimizers, opt.modules, {"step": done, **(extra or {})},
+                                dist, keep=cfg.keep_checkpoints)
 
 
 def finish_run(run_dir: Path, model: torch.nn.Module, hf_tok, dist, *, save_adapter: bool, eval_names: list[str],

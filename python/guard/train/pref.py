@@ -62,7 +62,7 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass
-class PrefConfig(common.TrainOptions):
+class PrefConfig(common.PairTrainOptions):
     # loss
     loss: str = option("sigmoid", "preference loss (DESIGN.md §3): sigmoid = DPO; spo = one round per "
                        "--dimensions entry", choices=LOSSES)

@@ -31,7 +31,7 @@ from guard.train import common
 
 
 @dataclass
-class RMConfig(common.TrainOptions):
+class RMConfig(common.PairTrainOptions):
     margin_column: str | None = option(None, "column holding a per-pair margin m in -logσ(r_c - r_r - m)")
     center_coef: float = option(0.0, "weight of the reward-centering term mean((r_c + r_r)²)")
 
