@@ -25,22 +25,9 @@ from guard.adapters import (
     hh_category,
     load_preferences,
 )
+from dataset_fixtures import FIXTURES, A, H, _offline_and_private_cache, template  # noqa: F401 (autouse)
 
-FIXTURES = Path(__file__).parent / "fixtures"
 HH = FIXTURES / "hh-rlhf"
-H, A = "\n\nHuman: ", "\n\nAssistant:"
-
-
-@pytest.fixture(autouse=True)
-def _offline_and_private_cache(monkeypatch, tmp_path_factory):
-    """No hub, and an arrow cache of our own (shared by the tests of this module)."""
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", Path(tmp_path_factory.getbasetemp()) / "hf-cache")
-
-
-def template(messages):
-    """A toy chat template: <|role|>content per message, then the generation prompt."""
-    return "".join(f"<|{m['role']}|>{m['content']}" for m in messages) + "<|assistant|>"
 
 
 class FakeTokenizer:

@@ -14,21 +14,7 @@ import pytest
 from guard import prompts
 from guard.adapters import PKU_SAFERLHF_CATEGORIES, NeedsChatTemplate, load_preferences
 from guard.prompts import PROMPT_SCHEMAS, PromptSet, load_prompts
-
-FIXTURES = Path(__file__).parent / "fixtures"
-H, A = "\n\nHuman: ", "\n\nAssistant:"
-
-
-@pytest.fixture(autouse=True)
-def _offline_and_private_cache(monkeypatch, tmp_path_factory):
-    """No hub, and an arrow cache of our own (shared by the tests of this module)."""
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", Path(tmp_path_factory.getbasetemp()) / "hf-cache")
-
-
-def template(messages):
-    """A toy chat template: <|role|>content per message, then the generation prompt."""
-    return "".join(f"<|{m['role']}|>{m['content']}" for m in messages) + "<|assistant|>"
+from dataset_fixtures import FIXTURES, A, H, _offline_and_private_cache, template  # noqa: F401 (autouse)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:

@@ -444,6 +444,15 @@ def test_kl_unknown_estimator(estimator):
 # --------------------------------------------------------------------------------------------- policy loss
 
 
+def assert_gradient_stops_exactly_where_clipped(g, clipped, valid, clipfrac) -> None:
+    """The clipped tokens get no gradient, every other valid token some, padding none; clipfrac counts them."""
+    gn = f64(g)
+    assert np.all(gn[clipped & valid] == 0)
+    assert np.all(gn[~clipped & valid] != 0)
+    assert np.all(gn[~valid] == 0)
+    assert float(clipfrac) == pytest.approx((clipped & valid).sum() / valid.sum())
+
+
 def policy_reference(logp, old, adv, valid, clip, denominator=None):
     """(loss, clipfrac, approx_kl, d loss / d logp, d loss / d adv) in float64. The clipped branch is the
     larger one exactly when A > 0 and ρ > 1 + ε, or A < 0 and ρ < 1 − ε; there the loss is constant in
@@ -505,11 +514,7 @@ def test_policy_loss_gradient_zero_exactly_where_clipped(dtype):
     rho = np.exp(f64(logp) - f64(old))
     outside = (rho > 1 + clip) | (rho < 1 - clip)
     assert (outside & ~clipped & valid).any()
-    gn = f64(g)
-    assert np.all(gn[clipped & valid] == 0)
-    assert np.all(gn[~clipped & valid] != 0)
-    assert np.all(gn[~valid] == 0)
-    assert float(clipfrac) == pytest.approx((clipped & valid).sum() / valid.sum())
+    assert_gradient_stops_exactly_where_clipped(g, clipped, valid, clipfrac)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -675,11 +680,7 @@ def test_value_loss_gradient_zero_exactly_where_clipped(dtype):
     assert 0 < (clipped & valid).sum() < valid.sum()
     outside = np.abs(f64(v) - f64(old)) > clip
     assert (outside & ~clipped & valid).any()  # out of range but the unclipped error is larger: gradient kept
-    gn = f64(g)
-    assert np.all(gn[clipped & valid] == 0)
-    assert np.all(gn[~clipped & valid] != 0)
-    assert np.all(gn[~valid] == 0)
-    assert float(clipfrac) == pytest.approx((clipped & valid).sum() / valid.sum())
+    assert_gradient_stops_exactly_where_clipped(g, clipped, valid, clipfrac)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -129,15 +129,20 @@ class PromptSet:
                   pairs.n_input, pairs.schema)
         seen: set[str] = set()
         for prompt, cat, row in zip(pairs.prompts, pairs.categories, pairs.source_rows):
-            reason = EMPTY_PROMPT if not prompt.strip() else DUPLICATE_PROMPT if prompt in seen else None
-            if reason is not None:
-                out.dropped[reason] = out.dropped.get(reason, 0) + 1
-                continue
-            seen.add(prompt)
-            out.prompts.append(prompt)
-            out.categories.append(cat)
-            out.source_rows.append(row)
+            out._add(prompt, cat, row, seen)
         return out
+
+    def _add(self, text: str, category: str | None, row: int, seen: set[str]) -> None:
+        """Keep `text` as the next prompt, or count it as an "empty prompt" (whitespace) or a "duplicate
+        prompt" (in `seen`, the texts kept so far)."""
+        reason = EMPTY_PROMPT if not text.strip() else DUPLICATE_PROMPT if text in seen else None
+        if reason is not None:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            return
+        seen.add(text)
+        self.prompts.append(text)
+        self.categories.append(category)
+        self.source_rows.append(row)
 
 
 def _prompt_rows(dataset: Any, chat_template: Any, category: str | None) -> PromptSet:
@@ -164,14 +169,7 @@ def _prompt_rows(dataset: Any, chat_template: Any, category: str | None) -> Prom
             render.require(i)
             empty = not any(m["content"].strip() for m in msgs)
             text = "" if empty else render.messages(msgs, i)
-        reason = EMPTY_PROMPT if empty or not text.strip() else DUPLICATE_PROMPT if text in seen else None
-        if reason is not None:
-            out.dropped[reason] = out.dropped.get(reason, 0) + 1
-            continue
-        seen.add(text)
-        out.prompts.append(text)
-        out.categories.append(cat)
-        out.source_rows.append(i)
+        out._add(text, cat, i, seen)  # an empty prompt was rendered as ""
     return out
 
 
