@@ -3,6 +3,7 @@
     python -m guard.train                 # the default job: a plain and a fair reward model on the bundled sample
     python -m guard.train rm --help       # reward models with GUARD's fairness adversary (guard/train/rm.py)
     python -m guard.train pref --help     # DPO, IPO, APO-zero/down, KTO-pair, SPO rounds on a policy (guard/train/pref.py)
+    python -m guard.train ppo --help      # PPO with a value head, adaptive KL and RND curiosity (guard/train/ppo.py)
 
 The default job trains the tiny Llama preset as a reward model on `guard/assets/sample_pairs.jsonl` (pairs
 from two categories, where one category's responses carry phrases the preference likes, so a plain
@@ -17,9 +18,9 @@ import sys
 import time
 from dataclasses import replace
 
-from guard.train import common, pref, rm
+from guard.train import common, ppo, pref, rm
 
-RECIPES = {"rm": rm.main, "pref": pref.main}
+RECIPES = {"rm": rm.main, "pref": pref.main, "ppo": ppo.main}
 DEFAULT_OUTPUT_DIR = "runs/guard-default"
 
 
