@@ -160,7 +160,7 @@ def handmade_rollout(hf_tok, lengths=((5, 3), (2, 7), (4, 1))):
 
 def full_logit_logp(model, rollout, temperature: float):
     """float64 [B, R] log-probs and entropies of the response tokens from the model's full logits, row by row."""
-    logp, entropy = torch.zeros(len(rollout), int(rollout.response_lengths.max()), dtype=torch.float64), None
+    logp = torch.zeros(len(rollout), int(rollout.response_lengths.max()), dtype=torch.float64)
     entropy = torch.zeros_like(logp)
     with torch.no_grad():
         for b in range(len(rollout)):

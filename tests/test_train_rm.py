@@ -3,12 +3,9 @@ two gloo processes under torchrun matching one process, LoRA, margins, and bad i
 error line. Tiny models and the bundled sample (or slices of it) only; nothing reaches a hub."""
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,8 @@ import torch
 from guard import audit, models
 from guard.train import common, rm
 from guard.train.__main__ import main as train_main
+import recipe_runs
+from recipe_runs import kill_after_checkpoint, run_torchrun
 
 ASSETS = models.ASSETS
 FAST = ["--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--max-length", "64", "--batch-size", "8",
@@ -40,7 +39,7 @@ def small_data(tmp_path, sample_rows) -> Path:
 
 
 def run_rm(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    env = {**recipe_runs.env(), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "guard.train", "rm", *args], capture_output=True, text=True,
                           env=env, timeout=600, **kwargs)
 
@@ -117,15 +116,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_metrics(tmp_path, small_dat
     assert run_rm([*args, "--output-dir", str(full)]).returncode == 0
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "guard.train", "rm", *args, "--output-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (killed / "checkpoints" / "step-00000006").is_dir():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (killed / "checkpoints" / "step-00000006").is_dir()
+    kill_after_checkpoint("rm", [*args, "--output-dir", str(killed)], killed, 6)
     assert not (killed / "summary.json").exists()  # it really stopped mid-way
     resumed = run_rm([*args, "--output-dir", str(killed), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
@@ -149,12 +140,7 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path, small_da
     single = tmp_path / "single"
     assert run_rm([*args, "--output-dir", str(single)]).returncode == 0
     double = tmp_path / "double"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-         "-m", "guard.train", "rm", *args, "--output-dir", str(double), "--device", "cpu"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_torchrun("rm", [*args, "--output-dir", str(double)])
     a, b = losses(single), losses(double)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for x, y in zip(a, b):

@@ -105,16 +105,23 @@ def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
                    torch.cat([p.ended for p in parts]), texts)
 
 
+def padded(rows: Sequence[np.ndarray], pad_id: int, device, *, left: bool = False
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one batch (input_ids, attention_mask) [B, longest], padded on the right, or on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        if len(r):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[b, span] = torch.as_tensor(np.asarray(r, dtype=np.int64))
+            mask[b, span] = 1
+    return ids.to(device), mask.to(device)
+
+
 def left_padded(prompt_ids: Sequence[np.ndarray], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts as a left-padded batch (what generate expects): (input_ids, attention_mask), [B, P]."""
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for b, p in enumerate(prompt_ids):
-        if len(p):
-            ids[b, width - len(p):] = torch.as_tensor(np.asarray(p, dtype=np.int64))
-            mask[b, width - len(p):] = 1
-    return ids.to(device), mask.to(device)
+    return padded(prompt_ids, pad_id, device, left=True)
 
 
 def cut_at_stop(generated: torch.Tensor, stop_token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,18 +136,12 @@ def cut_at_stop(generated: torch.Tensor, stop_token_ids: Sequence[int]) -> tuple
 def assemble(prompt_ids: Sequence[np.ndarray], responses: torch.Tensor, lengths: torch.Tensor, ended: torch.Tensor,
              pad_id: int, prompts: list[str] | None = None) -> Rollout:
     """Right-padded prompt + response rows from unpadded prompts and responses [B, R] of the given lengths."""
-    device = responses.device
-    prompt_lengths = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
-    total = (prompt_lengths + lengths.cpu()).tolist()
-    ids = torch.full((len(prompt_ids), max(total)), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
     cpu_responses = responses.cpu()
-    for b, (p, n) in enumerate(zip(prompt_ids, lengths.tolist())):
-        ids[b, :len(p)] = torch.as_tensor(np.asarray(p, dtype=np.int64))
-        ids[b, len(p):len(p) + n] = cpu_responses[b, :n]
-        mask[b, :total[b]] = 1
-    return Rollout(ids.to(device), mask.to(device), prompt_lengths.to(device), lengths.to(device), ended.to(device),
-                   prompts)
+    rows = [np.concatenate([np.asarray(p, dtype=np.int64), cpu_responses[b, :n].numpy()])
+            for b, (p, n) in enumerate(zip(prompt_ids, lengths.tolist()))]
+    ids, mask = padded(rows, pad_id, responses.device)
+    prompt_lengths = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long, device=responses.device)
+    return Rollout(ids, mask, prompt_lengths, lengths.to(responses.device), ended.to(responses.device), prompts)
 
 
 @torch.no_grad()
@@ -222,14 +223,7 @@ class RewardScorer:
         for b in range(len(rollout)):
             tail = [self.eos_id] if bool(rollout.ended[b]) and self.eos_id is not None else []
             rows.append(np.concatenate([prompt_part[b], response_ids.get(b, empty), np.asarray(tail, dtype=np.int64)]))
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, r in enumerate(rows):
-            ids[b, :len(r)] = torch.as_tensor(r.astype(np.int64))
-            mask[b, :len(r)] = 1
-        device = rollout.input_ids.device
-        return ids.to(device), mask.to(device)
+        return padded(rows, self.pad_id, rollout.input_ids.device)
 
     @torch.no_grad()
     def score(self, rollout: Rollout) -> torch.Tensor:

@@ -356,6 +356,18 @@ def category_map(train: PreferenceSet, order: Sequence[str] | None) -> CategoryM
     return train.category_map()
 
 
+def categories_of(items, cmap: CategoryMap, what: str) -> np.ndarray:
+    """The category id of each item of a PreferenceSet or PromptSet (its `categories` and `source_rows`): items
+    without one take NO_CATEGORY in a single-category run; an unknown category is an error naming its row in the
+    input (not its position after the loader)."""
+    labels = [NO_CATEGORY if c is None and len(cmap) == 1 and NO_CATEGORY in cmap else c for c in items.categories]
+    unknown = next((k for k, label in enumerate(labels) if label not in cmap), None)
+    if unknown is not None:
+        raise ConfigError(f"{what} row {items.source_rows[unknown]}: unknown category {labels[unknown]!r}; "
+                          f"known: {list(cmap.names)}")
+    return cmap.ids(labels)
+
+
 def tokenize_pairs(pairs: PreferenceSet, tok: gdata.Tokenizer, cmap: CategoryMap, *, max_length: int,
                    max_prompt_length: int | None, eos_token_id: int | None, margins: np.ndarray | None = None,
                    what: str = "data") -> PairData:
@@ -363,12 +375,7 @@ def tokenize_pairs(pairs: PreferenceSet, tok: gdata.Tokenizer, cmap: CategoryMap
     rejected) keeping first occurrences, and tokenization with rows that cannot be encoded set aside by
     reason. Each sequence is prompt + response (+ EOS), as guard.data.encode_pairs builds it."""
     set_aside = {f"dropped by the {pairs.schema} adapter: {reason}": n for reason, n in pairs.dropped.items() if n}
-    labels = [NO_CATEGORY if c is None and len(cmap) == 1 and NO_CATEGORY in cmap else c for c in pairs.categories]
-    unknown = next((k for k, label in enumerate(labels) if label not in cmap), None)
-    if unknown is not None:  # named by its row in the input, not its position after the adapter
-        raise ConfigError(f"{what} row {pairs.source_rows[unknown]}: unknown category {labels[unknown]!r}; "
-                          f"known: {list(cmap.names)}")
-    category_ids = cmap.ids(labels)
+    category_ids = categories_of(pairs, cmap, what)
 
     # A pair is its prompt with both responses; the length prefix makes (chosen, rejected) -> key one to one.
     keep = gdata.dedup(pairs.prompts, [f"{len(c)}:{c}{r}" for c, r in zip(pairs.chosen, pairs.rejected)])
@@ -681,6 +688,19 @@ def local_rows(rows: np.ndarray, dist) -> np.ndarray:
     return rows[dist.rank * share:(dist.rank + 1) * share]
 
 
+def rank_chunks(n_items: int, batch_size: int, dist):
+    """(n, this rank's rows) for each chunk of about `batch_size` of range(n_items), in order, split over the
+    ranks. A chunk that does not divide is padded with its last item, so every rank runs the same number of
+    forwards (FSDP collectives): keep the first n of the gathered results."""
+    step = max(dist.world_size, batch_size - batch_size % dist.world_size)
+    for start in range(0, n_items, step):
+        rows = np.arange(start, min(start + step, n_items))
+        n = len(rows)
+        if n % dist.world_size:
+            rows = np.concatenate([rows, np.full(dist.world_size - n % dist.world_size, rows[-1])])
+        yield n, local_rows(rows, dist)
+
+
 @torch.no_grad()
 def score_pairs(score: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]], data: PairData,
                 batch_size: int, pad_id: int, dist, keys: Sequence[str] = ("input_ids", "attention_mask"),
@@ -690,13 +710,8 @@ def score_pairs(score: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, t
     from guard import distributed
 
     chosen, rejected = [], []
-    step = max(dist.world_size, batch_size - batch_size % dist.world_size)
-    for start in range(0, len(data), step):
-        rows = np.arange(start, min(start + step, len(data)))
-        n = len(rows)
-        if n % dist.world_size:  # every rank runs the same number of forwards (FSDP collectives)
-            rows = np.concatenate([rows, np.full(dist.world_size - n % dist.world_size, rows[-1])])
-        batch = to_tensors(gdata.padded_batch(data.encoded, local_rows(rows, dist), pad_id), dist.device, keys)
+    for n, mine in rank_chunks(len(data), batch_size, dist):
+        batch = to_tensors(gdata.padded_batch(data.encoded, mine, pad_id), dist.device, keys)
         r_c, r_r = score(batch)
         chosen.append(distributed.gather_rows(r_c, dist)[:n].double().cpu())
         rejected.append(distributed.gather_rows(r_r, dist)[:n].double().cpu())

@@ -134,12 +134,7 @@ def tokenize_prompts(prompts, tok: gdata.Tokenizer, cmap, max_prompt_length: int
     """Category ids (an unknown category is an error naming its row) and token ids (the last
     max_prompt_length kept); prompts that cannot be tokenized are set aside by reason."""
     set_aside = {f"dropped by the {prompts.schema} loader: {reason}": n for reason, n in prompts.dropped.items() if n}
-    labels = [common.NO_CATEGORY if c is None and len(cmap) == 1 and common.NO_CATEGORY in cmap else c
-              for c in prompts.categories]
-    unknown = next((k for k, label in enumerate(labels) if label not in cmap), None)
-    if unknown is not None:
-        raise ConfigError(f"{what} row {prompts.source_rows[unknown]}: unknown category {labels[unknown]!r}; "
-                          f"known: {list(cmap.names)}")
+    category_ids = common.categories_of(prompts, cmap, what)
     encoded = gdata.encode_texts(tok, prompts.prompts, add_special_tokens=True, errors="skip")
     for reason, rows in encoded.dropped.items():
         if rows:
@@ -153,8 +148,7 @@ def tokenize_prompts(prompts, tok: gdata.Tokenizer, cmap, max_prompt_length: int
     kept = np.asarray(encoded.kept, dtype=np.int64)
     if not ids:
         raise ConfigError(f"{what}: no prompt survived tokenization (set aside: {set_aside})")
-    return PromptData(ids, [prompts.prompts[k] for k in kept], cmap.ids(labels)[kept], cmap.names, set_aside,
-                      truncated)
+    return PromptData(ids, [prompts.prompts[k] for k in kept], category_ids[kept], cmap.names, set_aside, truncated)
 
 
 def load_prompt_data(cfg: PPOConfig, tok: gdata.Tokenizer, chat_template) -> tuple[PromptData, PromptData]:
@@ -429,28 +423,19 @@ def sample_held_out(cfg: PPOConfig, model, reference, scorer: RewardScorer, prom
                     dist, autocast: bool, *, adapter: bool) -> tuple[np.ndarray, list[dict]]:
     """(scores [n], rows of {response, ended}) of every held-out prompt answered by the policy (adapter=False:
     the reference), generated with a seed of its own so the two runs see the same random numbers."""
-    from guard.distributed import gather_objects
-
     devices = [dist.device] if dist.device.type == "cuda" else []
     scores, samples = [], []
-    step = max(dist.world_size, cfg.eval_batch_size - cfg.eval_batch_size % dist.world_size)
-    with torch.random.fork_rng(devices=devices):
+    policy = reference if reference is not None and not adapter else model
+    scope = model.disable_adapter() if reference is None and not adapter else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=devices), scope:
         torch.manual_seed(cfg.seed + 7919 * (dist.rank + 1))
-        for start in range(0, len(prompts), step):
-            rows = np.arange(start, min(start + step, len(prompts)))
-            n = len(rows)
-            if n % dist.world_size:  # every rank generates (FSDP collectives): pad with the last prompt
-                rows = np.concatenate([rows, np.full(dist.world_size - n % dist.world_size, rows[-1])])
-            mine = common.local_rows(rows, dist)
-            policy = reference if reference is not None and not adapter else model
-            scope = model.disable_adapter() if reference is None and not adapter else contextlib.nullcontext()
-            with scope:
-                rollout = generate(policy, [prompts.ids[r] for r in mine], settings, pad_id=pad_id,
-                                   prompts=[prompts.texts[r] for r in mine], synced=dist.enabled, autocast=autocast)
+        for n, mine in common.rank_chunks(len(prompts), cfg.eval_batch_size, dist):
+            rollout = generate(policy, [prompts.ids[r] for r in mine], settings, pad_id=pad_id,
+                               prompts=[prompts.texts[r] for r in mine], synced=dist.enabled, autocast=autocast)
             scores.append(distributed.gather_rows(scorer.score(rollout), dist)[:n].double().cpu())
             mine_samples = [{"response_ids": ids, "ended": bool(e)} for ids, e in
                             zip(rollout.responses(), rollout.ended.tolist())]
-            samples.extend([s for rank in gather_objects(mine_samples, dist) for s in rank][:n])
+            samples.extend([s for rank in distributed.gather_objects(mine_samples, dist) for s in rank][:n])
     return torch.cat(scores).numpy(), samples
 
 
