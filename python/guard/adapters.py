@@ -253,6 +253,18 @@ def _preview(names: Sequence[Any], limit: int = 20) -> str:
 # The common output
 
 
+def index_list(indices: Iterable[int] | np.ndarray, n: int) -> list[int]:
+    """The positions `indices` picks from a set of n items: integers as they are, or a boolean mask of length n."""
+    idx = np.asarray(indices if not isinstance(indices, range) else list(indices))
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise ValueError(f"boolean mask has shape {idx.shape}, expected ({n},)")
+        idx = np.flatnonzero(idx)
+    elif idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"indices must be integers or a boolean mask (got dtype {idx.dtype})")
+    return [int(k) for k in idx.reshape(-1)]
+
+
 @dataclass
 class PreferenceSet:
     """Parallel lists of preference pairs plus where they came from and what was left out.
@@ -305,14 +317,7 @@ class PreferenceSet:
 
     def select(self, indices: Iterable[int] | np.ndarray) -> PreferenceSet:
         """The pairs at `indices` (ints, or a boolean mask of length len(self)), in that order."""
-        idx = np.asarray(indices if not isinstance(indices, range) else list(indices))
-        if idx.dtype == bool:
-            if idx.shape != (len(self),):
-                raise ValueError(f"boolean mask has shape {idx.shape}, expected ({len(self)},)")
-            idx = np.flatnonzero(idx)
-        elif idx.size and not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"indices must be integers or a boolean mask (got dtype {idx.dtype})")
-        picked = [int(k) for k in idx.reshape(-1)]
+        picked = index_list(indices, len(self))
 
         def take(xs: list) -> list:
             return [xs[k] for k in picked]

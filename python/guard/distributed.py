@@ -218,6 +218,25 @@ class _GatherRows(torch.autograd.Function):
         return grad[start : start + ctx.sizes[ctx.rank]], None, None
 
 
+def local_rows(rows: np.ndarray, dist) -> np.ndarray:
+    """This rank's contiguous share of a global batch, so the gathered rewards come back in batch order."""
+    share = len(rows) // dist.world_size
+    return rows[dist.rank * share:(dist.rank + 1) * share]
+
+
+def rank_chunks(n_items: int, batch_size: int, dist):
+    """(n, this rank's rows) for each chunk of about `batch_size` of range(n_items), in order, split over the
+    ranks. A chunk that does not divide is padded with its last item, so every rank runs the same number of
+    forwards (FSDP collectives): keep the first n of the gathered results."""
+    step = max(dist.world_size, batch_size - batch_size % dist.world_size)
+    for start in range(0, n_items, step):
+        rows = np.arange(start, min(start + step, n_items))
+        n = len(rows)
+        if n % dist.world_size:
+            rows = np.concatenate([rows, np.full(dist.world_size - n % dist.world_size, rows[-1])])
+        yield n, local_rows(rows, dist)
+
+
 def gather_rows(t: torch.Tensor, dist: Dist) -> torch.Tensor:
     """All-gather `t` along dim 0 in rank order, differentiably (ranks may hold different row counts;
     the other dims must match). Backward sums the gradient over ranks, so that with FSDP's gradient

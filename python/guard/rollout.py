@@ -6,6 +6,8 @@ prompt + response sequences out right-padded, and score them with a reward model
     rollout = generate(policy, prompt_ids, settings, pad_id=tok.pad_token_id)   # prompt_ids: list of int arrays
     scorer = RewardScorer.load("runs/rm/model", policy_tokenizer=hf_tok, device="cuda")
     scores = scorer.score(rollout)                                               # [B] float32
+    scores, samples = answer(policy, prompt_ids, settings, pad_id=pad, dist=dist, batch_size=64, seed=0,
+                             scorer=scorer)  # every prompt once, over the ranks, with a fixed seed
 
 Sampling is `model.generate` with temperature, top-p and no top-k (top_k=0: transformers' default of 50
 would cut the distribution further than asked); the pad token is never sampled (unless it is a stop token),
@@ -169,6 +171,38 @@ def generate(model: torch.nn.Module, prompt_ids: Sequence[np.ndarray], settings:
         raise RuntimeError("generate returned no new tokens")
     lengths, ended = cut_at_stop(generated, settings.stop_token_ids)
     return assemble(prompt_ids, generated, lengths, ended, pad_id, prompts)
+
+
+@torch.no_grad()
+def answer(model: torch.nn.Module, prompt_ids: Sequence[np.ndarray], settings: GenerationSettings, *, pad_id: int,
+           dist, batch_size: int, seed: int, prompts: list[str] | None = None, scorer: RewardScorer | None = None,
+           autocast: bool = False, progress: str | None = None) -> tuple[np.ndarray | None, list[dict]]:
+    """One response to every prompt, in order, the prompts split over the ranks in chunks of `batch_size`:
+    (float64 scores [n] from `scorer`, or None without one; [{"response_ids", "ended"}] for every prompt).
+    The RNG is forked and seeded with `seed` (and the rank), so every model answered with the same seed and
+    settings draws the same random numbers, and the caller's RNG state is left as it was. `progress`: the
+    description of a progress bar over the prompts (main process), none by default."""
+    from tqdm.auto import tqdm
+
+    from guard import distributed
+
+    devices = [dist.device] if dist.device.type == "cuda" else []
+    scores, samples = [], []
+    bar = tqdm(total=len(prompt_ids), desc=progress, disable=progress is None or not dist.is_main, dynamic_ncols=True)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed + 7919 * (dist.rank + 1))
+        for n, mine in distributed.rank_chunks(len(prompt_ids), batch_size, dist):
+            rollout = generate(model, [prompt_ids[r] for r in mine], settings, pad_id=pad_id,
+                               prompts=None if prompts is None else [prompts[r] for r in mine], synced=dist.enabled,
+                               autocast=autocast)
+            if scorer is not None:
+                scores.append(distributed.gather_rows(scorer.score(rollout), dist)[:n].double().cpu())
+            mine_samples = [{"response_ids": ids, "ended": bool(e)} for ids, e in
+                            zip(rollout.responses(), rollout.ended.tolist())]
+            samples.extend([s for rank in distributed.gather_objects(mine_samples, dist) for s in rank][:n])
+            bar.update(n)
+    bar.close()
+    return (torch.cat(scores).numpy() if scorer is not None else None), samples
 
 
 class RewardScorer:

@@ -338,6 +338,7 @@ class PairData:
     margins: np.ndarray | None  # float32 [n] or None
     set_aside: dict[str, int] = field(default_factory=dict)
     rows_read: int = 0
+    rows: np.ndarray | None = None  # int64 [n]: each pair's position in the loaded PreferenceSet
 
     def __len__(self) -> int:
         return len(self.encoded)
@@ -392,7 +393,51 @@ def tokenize_pairs(pairs: PreferenceSet, tok: gdata.Tokenizer, cmap: CategoryMap
         raise ConfigError(f"{what}: no pair survived tokenization (set aside: {set_aside})")
     return PairData(encoded=encoded, categories=category_ids[rows], category_names=cmap.names,
                     margins=None if margins is None else margins[rows], set_aside=set_aside,
-                    rows_read=int(pairs.n_input or 0))
+                    rows_read=int(pairs.n_input or 0), rows=rows)
+
+
+@dataclass
+class PromptData:
+    """Tokenized prompts: ids[k] is prompt k's token ids, texts[k] its text, categories[k] its category id."""
+
+    ids: list[np.ndarray]
+    texts: list[str]
+    categories: np.ndarray
+    category_names: tuple[str, ...]
+    set_aside: dict[str, int]
+    truncated: int = 0
+    rows: np.ndarray | None = None  # int64 [n]: each prompt's position in the loaded PromptSet
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, rows) -> PromptData:
+        rows = np.asarray(rows, dtype=np.int64)
+        return PromptData([self.ids[r] for r in rows], [self.texts[r] for r in rows], self.categories[rows],
+                          self.category_names, self.set_aside, self.truncated,
+                          None if self.rows is None else self.rows[rows])
+
+
+def tokenize_prompts(prompts, tok: gdata.Tokenizer, cmap, max_prompt_length: int | None, what: str) -> PromptData:
+    """Category ids (an unknown category is an error naming its row) and token ids (the last
+    max_prompt_length kept); prompts that cannot be tokenized are set aside by reason."""
+    set_aside = {f"dropped by the {prompts.schema} loader: {reason}": n for reason, n in prompts.dropped.items() if n}
+    category_ids = categories_of(prompts, cmap, what)
+    encoded = gdata.encode_texts(tok, prompts.prompts, add_special_tokens=True, errors="skip")
+    for reason, rows in encoded.dropped.items():
+        if rows:
+            set_aside[f"tokenization: {reason}"] = len(rows)
+    ids, truncated = [], 0
+    for k in range(len(encoded)):
+        row = encoded[k]
+        if max_prompt_length is not None and len(row) > max_prompt_length:
+            row, truncated = row[-max_prompt_length:], truncated + 1
+        ids.append(row.astype(np.int64))
+    kept = np.asarray(encoded.kept, dtype=np.int64)
+    if not ids:
+        raise ConfigError(f"{what}: no prompt survived tokenization (set aside: {set_aside})")
+    return PromptData(ids, [prompts.prompts[k] for k in kept], category_ids[kept], cmap.names, set_aside, truncated,
+                      kept)
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -419,7 +464,8 @@ def subset(data: PairData, rows: np.ndarray) -> PairData:
     encoded = gdata.EncodedPairs(texts(enc.chosen), texts(enc.rejected), enc.chosen_prompt_lengths[rows],
                                  enc.rejected_prompt_lengths[rows], enc.kept[rows], enc.dropped)
     return PairData(encoded, data.categories[rows], data.category_names,
-                    None if data.margins is None else data.margins[rows], dict(data.set_aside), data.rows_read)
+                    None if data.margins is None else data.margins[rows], dict(data.set_aside), data.rows_read,
+                    None if data.rows is None else data.rows[rows])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -682,25 +728,6 @@ def to_tensors(batch: dict[str, np.ndarray], device: torch.device,
     return {k: torch.from_numpy(batch[k]).to(device, non_blocking=True) for k in keys}
 
 
-def local_rows(rows: np.ndarray, dist) -> np.ndarray:
-    """This rank's contiguous share of a global batch, so the gathered rewards come back in batch order."""
-    share = len(rows) // dist.world_size
-    return rows[dist.rank * share:(dist.rank + 1) * share]
-
-
-def rank_chunks(n_items: int, batch_size: int, dist):
-    """(n, this rank's rows) for each chunk of about `batch_size` of range(n_items), in order, split over the
-    ranks. A chunk that does not divide is padded with its last item, so every rank runs the same number of
-    forwards (FSDP collectives): keep the first n of the gathered results."""
-    step = max(dist.world_size, batch_size - batch_size % dist.world_size)
-    for start in range(0, n_items, step):
-        rows = np.arange(start, min(start + step, n_items))
-        n = len(rows)
-        if n % dist.world_size:
-            rows = np.concatenate([rows, np.full(dist.world_size - n % dist.world_size, rows[-1])])
-        yield n, local_rows(rows, dist)
-
-
 @torch.no_grad()
 def score_pairs(score: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]], data: PairData,
                 batch_size: int, pad_id: int, dist, keys: Sequence[str] = ("input_ids", "attention_mask"),
@@ -710,7 +737,7 @@ def score_pairs(score: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, t
     from guard import distributed
 
     chosen, rejected = [], []
-    for n, mine in rank_chunks(len(data), batch_size, dist):
+    for n, mine in distributed.rank_chunks(len(data), batch_size, dist):
         batch = to_tensors(gdata.padded_batch(data.encoded, mine, pad_id), dist.device, keys)
         r_c, r_r = score(batch)
         chosen.append(distributed.gather_rows(r_c, dist)[:n].double().cpu())

@@ -49,7 +49,7 @@ from guard import data as gdata
 from guard.config import ConfigError, option
 from guard.prompts import PROMPT_SCHEMAS
 from guard.report import Report, format_table
-from guard.rollout import GenerationSettings, RewardScorer, Rollout, concat_rollouts, generate
+from guard.rollout import GenerationSettings, RewardScorer, Rollout, answer, concat_rollouts, generate
 from guard.train import common
 from guard.train.pref import hidden_forward
 
@@ -110,48 +110,8 @@ class PPOConfig(common.TrainOptions):
 # Prompts
 
 
-@dataclass
-class PromptData:
-    """Tokenized prompts: ids[k] is prompt k's token ids, texts[k] its text, categories[k] its category id."""
-
-    ids: list[np.ndarray]
-    texts: list[str]
-    categories: np.ndarray
-    category_names: tuple[str, ...]
-    set_aside: dict[str, int]
-    truncated: int = 0
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def select(self, rows) -> PromptData:
-        rows = np.asarray(rows, dtype=np.int64)
-        return PromptData([self.ids[r] for r in rows], [self.texts[r] for r in rows], self.categories[rows],
-                          self.category_names, self.set_aside, self.truncated)
-
-
-def tokenize_prompts(prompts, tok: gdata.Tokenizer, cmap, max_prompt_length: int | None, what: str) -> PromptData:
-    """Category ids (an unknown category is an error naming its row) and token ids (the last
-    max_prompt_length kept); prompts that cannot be tokenized are set aside by reason."""
-    set_aside = {f"dropped by the {prompts.schema} loader: {reason}": n for reason, n in prompts.dropped.items() if n}
-    category_ids = common.categories_of(prompts, cmap, what)
-    encoded = gdata.encode_texts(tok, prompts.prompts, add_special_tokens=True, errors="skip")
-    for reason, rows in encoded.dropped.items():
-        if rows:
-            set_aside[f"tokenization: {reason}"] = len(rows)
-    ids, truncated = [], 0
-    for k in range(len(encoded)):
-        row = encoded[k]
-        if max_prompt_length is not None and len(row) > max_prompt_length:
-            row, truncated = row[-max_prompt_length:], truncated + 1
-        ids.append(row.astype(np.int64))
-    kept = np.asarray(encoded.kept, dtype=np.int64)
-    if not ids:
-        raise ConfigError(f"{what}: no prompt survived tokenization (set aside: {set_aside})")
-    return PromptData(ids, [prompts.prompts[k] for k in kept], category_ids[kept], cmap.names, set_aside, truncated)
-
-
-def load_prompt_data(cfg: PPOConfig, tok: gdata.Tokenizer, chat_template) -> tuple[PromptData, PromptData]:
+def load_prompt_data(cfg: PPOConfig, tok: gdata.Tokenizer, chat_template
+                     ) -> tuple[common.PromptData, common.PromptData]:
     """(training prompts, held-out prompts): --eval-data, or a fixed-seed --eval-fraction of --data."""
     from guard.prompts import load_prompts
 
@@ -162,9 +122,9 @@ def load_prompt_data(cfg: PPOConfig, tok: gdata.Tokenizer, chat_template) -> tup
 
     train_set = load(cfg.data, "data")
     cmap = common.category_map(train_set, cfg.categories)
-    train = tokenize_prompts(train_set, tok, cmap, cfg.max_prompt_length, f"training prompts {cfg.data}")
+    train = common.tokenize_prompts(train_set, tok, cmap, cfg.max_prompt_length, f"training prompts {cfg.data}")
     if cfg.eval_data:
-        held_out = tokenize_prompts(load(cfg.eval_data, "eval_data"), tok, cmap, cfg.max_prompt_length,
+        held_out = common.tokenize_prompts(load(cfg.eval_data, "eval_data"), tok, cmap, cfg.max_prompt_length,
                                     f"eval prompts {cfg.eval_data}")
         set_aside = {f"train {k}": v for k, v in train.set_aside.items()}
         set_aside.update({f"eval {k}": v for k, v in held_out.set_aside.items()})
@@ -419,27 +379,18 @@ def ppo_epochs(cfg: PPOConfig, model, value_head, exp: Experience, opt: PPOOptim
 # Held-out prompts: the reference and the trained policy, same seeds
 
 
-def sample_held_out(cfg: PPOConfig, model, reference, scorer: RewardScorer, prompts: PromptData, settings, pad_id: int,
-                    dist, autocast: bool, *, adapter: bool) -> tuple[np.ndarray, list[dict]]:
-    """(scores [n], rows of {response, ended}) of every held-out prompt answered by the policy (adapter=False:
-    the reference), generated with a seed of its own so the two runs see the same random numbers."""
-    devices = [dist.device] if dist.device.type == "cuda" else []
-    scores, samples = [], []
+def sample_held_out(cfg: PPOConfig, model, reference, scorer: RewardScorer, prompts: common.PromptData, settings,
+                    pad_id: int, dist, autocast: bool, *, adapter: bool) -> tuple[np.ndarray, list[dict]]:
+    """(scores [n], rows of {response_ids, ended}) of every held-out prompt answered by the policy
+    (adapter=False: the reference), with the same seed for both so the two see the same random numbers."""
     policy = reference if reference is not None and not adapter else model
     scope = model.disable_adapter() if reference is None and not adapter else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=devices), scope:
-        torch.manual_seed(cfg.seed + 7919 * (dist.rank + 1))
-        for n, mine in common.rank_chunks(len(prompts), cfg.eval_batch_size, dist):
-            rollout = generate(policy, [prompts.ids[r] for r in mine], settings, pad_id=pad_id,
-                               prompts=[prompts.texts[r] for r in mine], synced=dist.enabled, autocast=autocast)
-            scores.append(distributed.gather_rows(scorer.score(rollout), dist)[:n].double().cpu())
-            mine_samples = [{"response_ids": ids, "ended": bool(e)} for ids, e in
-                            zip(rollout.responses(), rollout.ended.tolist())]
-            samples.extend([s for rank in distributed.gather_objects(mine_samples, dist) for s in rank][:n])
-    return torch.cat(scores).numpy(), samples
+    with scope:
+        return answer(policy, prompts.ids, settings, pad_id=pad_id, dist=dist, batch_size=cfg.eval_batch_size,
+                      seed=cfg.seed, prompts=prompts.texts, scorer=scorer, autocast=autocast)
 
 
-def evaluate(cfg: PPOConfig, model, reference, scorer, prompts: PromptData, settings, hf_tok, dist, autocast: bool,
+def evaluate(cfg: PPOConfig, model, reference, scorer, prompts: common.PromptData, settings, hf_tok, dist, autocast: bool,
              run_dir: Path) -> dict:
     """Held-out scores of the reference and the trained policy, by category, and samples.jsonl."""
     ref_scores, ref_samples = sample_held_out(cfg, model, reference, scorer, prompts, settings, hf_tok.pad_token_id,
@@ -549,7 +500,7 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
     bar = tqdm(total=schedule.total_steps, initial=start_step, disable=not dist.is_main, desc="ppo", dynamic_ncols=True)
     for step, rows, lr in schedule.steps(start_step, cfg.seed, cfg.lr, cfg.lr_schedule):
         opt.set_lr(lr)
-        mine = prompts.select(common.local_rows(rows, dist))
+        mine = prompts.select(distributed.local_rows(rows, dist))
         # (1) rollouts
         clock = time.perf_counter()
         parts = []
@@ -604,7 +555,8 @@ CURVES = {"score_curves.png": ("score and reward per update", ("score", "reward"
           "loss_curves.png": ("losses", ("policy_loss", "value_loss", "rnd_loss"))}
 
 
-def write_report(run_dir: Path, cfg: PPOConfig, prompts: PromptData, held_out: PromptData, summary: dict) -> None:
+def write_report(run_dir: Path, cfg: PPOConfig, prompts: common.PromptData, held_out: common.PromptData,
+                 summary: dict) -> None:
     """report.md: held-out scores (reference vs policy, by category), curves, samples and the data accounting."""
     from guard import plots
 

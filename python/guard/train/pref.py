@@ -292,7 +292,7 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: common.TrainEval, hf_tok, di
     for step, rows, lr in schedule.steps(start_step, cfg.seed, cfg.lr, cfg.lr_schedule):
         opt.set_lr(lr)
         # (1) this rank's pairs: the fused loss on the backbone's hidden states, implicit rewards, moments
-        mine = common.local_rows(rows, dist)
+        mine = distributed.local_rows(rows, dist)
         batch = common.to_tensors(gdata.padded_batch(train.encoded, mine, hf_tok.pad_token_id), device, PAIR_KEYS)
         local_cats = categories[torch.from_numpy(mine).to(device)]
         ref_logps = previous = None

@@ -43,7 +43,7 @@ class RMConfig(common.PairTrainOptions):
 RMData = common.TrainEval  # the training and held-out pairs of a run (guard.train.common)
 load_data = common.load_train_eval
 to_tensors = common.to_tensors
-local_rows = common.local_rows
+local_rows = distributed.local_rows
 
 
 def score(model: torch.nn.Module, batch: dict[str, torch.Tensor], autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
