@@ -27,7 +27,14 @@ import numpy as np
 
 from guard import metrics
 
-__all__ = ["RewardTable", "write_rewards_jsonl", "read_rewards_jsonl", "pairwise_distances", "reward_summary"]
+__all__ = [
+    "RewardTable",
+    "write_rewards_jsonl",
+    "read_rewards_jsonl",
+    "pairwise_distances",
+    "category_distances",
+    "reward_summary",
+]
 
 FIELDS = ("category", "chosen_reward", "rejected_reward")
 
@@ -159,6 +166,47 @@ def pairwise_distances(rewards_by_category: dict[str, Any]) -> list[dict[str, An
     for a, b in itertools.combinations(names, 2):
         ks, p = metrics.ks_distance(groups[a], groups[b])
         out.append({"a": a, "b": b, "ks": ks, "ks_pvalue": p, "w1": metrics.wasserstein1(groups[a], groups[b])})
+    return out
+
+
+def category_distances(
+    rewards_by_category: dict[str, Any], *, permutations: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """KS, W1 and a W1 permutation p-value between categories, pair by pair and each against the rest.
+
+    Categories with fewer than 2 rewards are left out; the others are taken in sorted name order.  Rows:
+
+    1. every pair a < b (the pairs of :func:`pairwise_distances`, same order and same ks/w1 numbers);
+    2. when more than 2 categories take part, each category a against all the others pooled: ``"b"`` is
+       ``"rest"`` and the rest sample is the other categories' rewards concatenated in sorted name order.
+
+    Each row is ``{"kind", "a", "b", "n_a", "n_b", "ks", "ks_pvalue", "w1", "w1_pvalue"}`` (kind "pair" or "rest",
+    so a category that is itself named "rest" is not mistaken for the pooled others): ``ks``/``ks_pvalue`` from
+    ``guard.metrics.ks_distance``, ``w1`` from ``guard.metrics.wasserstein1`` and ``w1_pvalue`` from
+    ``guard.metrics.permutation_pvalue(a_rewards, b_rewards, n_permutations=permutations, seed=row_seed)``
+    (uncorrected for the number of rows), where for the row at 0-based position r of the returned list
+    ``row_seed = int(np.random.SeedSequence([seed, r]).generate_state(1)[0])``.  ``permutations=0`` skips the
+    permutation test (``w1_pvalue`` None).  Deterministic for a given seed.
+    """
+    for name, value in (("permutations", permutations), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    groups = {name: _float64(v, f"rewards of {name!r}") for name, v in rewards_by_category.items()}
+    names = sorted(name for name, v in groups.items() if v.shape[0] >= 2)
+    comparisons = [("pair", a, b, groups[a], groups[b]) for a, b in itertools.combinations(names, 2)]
+    if len(names) > 2:
+        for a in names:
+            rest = np.concatenate([groups[other] for other in names if other != a])
+            comparisons.append(("rest", a, "rest", groups[a], rest))
+    out = []
+    for r, (kind, a, b, xa, xb) in enumerate(comparisons):
+        ks, p = metrics.ks_distance(xa, xb)
+        w1_p = None
+        if permutations > 0:
+            row_seed = int(np.random.SeedSequence([int(seed), r]).generate_state(1)[0])
+            w1_p = metrics.permutation_pvalue(xa, xb, n_permutations=int(permutations), seed=row_seed)
+        out.append({"kind": kind, "a": a, "b": b, "n_a": int(xa.shape[0]), "n_b": int(xb.shape[0]), "ks": ks, "ks_pvalue": p,
+                    "w1": metrics.wasserstein1(xa, xb), "w1_pvalue": w1_p})
     return out
 
 

@@ -14,7 +14,13 @@ independent of a category (helpful vs harmless in HH-RLHF, or PKU-SafeRLHF's
 * the post-hoc predictability audit of GUARD appendix A.7:
   :func:`predictability_audit`, which trains a small MLP to predict the
   category from frozen rewards and reports its cross-validated AUC and
-  balanced accuracy (AUC 0.5 / balanced accuracy 1/C means "unpredictable").
+  balanced accuracy (AUC 0.5 / balanced accuracy 1/C means "unpredictable");
+* significance and evaluation statistics: :func:`permutation_pvalue`
+  (two-sample permutation test, W1 by default), :func:`mcnemar` (paired
+  binary outcomes of two models), :func:`bias_rate` (share of stereotypical
+  preferences and its standard error), :func:`semantic_diversity` (GUARD B.2)
+  and :func:`paired_bootstrap_diversity` (CI and p-value of a diversity
+  difference over the same prompts).
 
 Every function accepts numpy arrays, torch tensors or plain Python lists,
 converts numeric inputs to float64 numpy arrays internally and returns plain
@@ -53,6 +59,11 @@ __all__ = [
     "roc_auc",
     "balanced_accuracy",
     "predictability_audit",
+    "permutation_pvalue",
+    "mcnemar",
+    "bias_rate",
+    "semantic_diversity",
+    "paired_bootstrap_diversity",
 ]
 
 #: Largest ``len(a) * len(b)`` for which :func:`ks_distance` computes the exact
@@ -107,11 +118,14 @@ def _as_float(x: Any, name: str, ndim: int = 1) -> np.ndarray:
     return arr
 
 
-def _as_labels(x: Any, name: str) -> np.ndarray:
-    """Validated 1-D array of hashable labels (numeric, bool, str or object)."""
+def _vector(x: Any, name: str) -> np.ndarray:
+    """A non-empty 1-D array of `x` (list, tuple, numpy array or tensor); a list mixing strings with other
+    values becomes an object array, where np.asarray would silently turn [1, "1"] into two equal strings."""
     if isinstance(x, (list, tuple)):
-        arr = np.asarray(x)
-        # np.asarray would silently turn [1, "1"] into two equal strings.
+        try:
+            arr = np.asarray(x)
+        except ValueError as exc:  # ragged nesting
+            raise ValueError(f"{name} must be 1-D: {exc}") from None
         if arr.dtype.kind in "US" and not all(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in x):
             arr = np.empty(len(x), dtype=object)
             arr[:] = list(x)
@@ -121,6 +135,12 @@ def _as_labels(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(arr.shape)}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty")
+    return arr
+
+
+def _as_labels(x: Any, name: str) -> np.ndarray:
+    """Validated 1-D array of hashable labels (numeric, bool, str or object)."""
+    arr = _vector(x, name)
     if arr.dtype.kind in "fc":
         finite = np.isfinite(arr)
         if not finite.all():
@@ -633,4 +653,316 @@ def predictability_audit(
         "auc_std": float(np.std(aucs)),
         "ba_mean": float(np.mean(bas)),
         "ba_std": float(np.std(bas)),
+    }
+
+
+# ---------------------------------------------------------------------------
+# evaluation statistics (issue 8): permutation test, McNemar, bias rate,
+# semantic diversity and its paired bootstrap
+# ---------------------------------------------------------------------------
+
+
+def _w1_permuted(pooled: np.ndarray, m: int, perms: np.ndarray) -> np.ndarray:
+    """W1(pooled[perm[:m]], pooled[perm[m:]]) for every row ``perm`` of ``perms`` at once.
+
+    The pooled sample is sorted once (s_0 <= ... <= s_{N-1}, widths w_k = s_{k+1} - s_k).
+    For one permutation let A_k be the number of its first-group members among
+    the sorted positions 0..k; then F_a(s_k) = A_k / m and F_b(s_k) = (k + 1 - A_k) / n
+    wherever s_k < s_{k+1} (inside a run of ties the width is 0, so the partial counts
+    there do not matter), and W1 = sum_k |F_a(s_k) - F_b(s_k)| w_k
+    = sum_k |A_k (1/m + 1/n) - (k + 1) / n| w_k: a cumulative sum along each row
+    and one matrix-vector product.
+    """
+    total = pooled.shape[0]
+    n = total - m
+    order = np.argsort(pooled, kind="stable")
+    rank = np.empty(total, dtype=np.int64)
+    rank[order] = np.arange(total)
+    widths = np.diff(pooled[order])
+    cum = np.zeros((perms.shape[0], total), dtype=np.float64)
+    cum[np.arange(perms.shape[0])[:, None], rank[perms[:, :m]]] = 1.0
+    np.cumsum(cum, axis=1, out=cum)  # A_k, exact in float64
+    cum *= 1.0 / m + 1.0 / n
+    cum -= np.arange(1, total + 1, dtype=np.float64) / n
+    np.abs(cum, out=cum)
+    return cum[:, :-1] @ widths
+
+
+def permutation_pvalue(
+    a: Any,
+    b: Any,
+    statistic: Any = None,
+    n_permutations: int = 1000,
+    seed: int = 0,
+) -> float:
+    """Two-sample permutation test p-value of "a and b come from the same distribution".
+
+    ``statistic(a, b) -> float`` (default :func:`wasserstein1`) is large when the
+    samples differ.  With m = len(a), n = len(b), T = statistic(a, b) and
+    pooled = concatenate([a, b]) (float64), the draws are exactly::
+
+        rng = np.random.default_rng(seed)
+        for _ in range(n_permutations):
+            perm = rng.permutation(m + n)
+            T_star = statistic(pooled[perm[:m]], pooled[perm[m:]])
+
+    and p = (1 + #{T* >= T - tol}) / (1 + n_permutations) with
+    tol = 1e-12 * max(1, |T|) (floating-point ties with T count as extreme), so
+    p lies in [1 / (1 + n_permutations), 1].
+
+    For the default statistic the permutations are drawn in chunks into a matrix
+    and W1 is computed for all rows at once from one sort of the pooled sample
+    (the cumulative counts of each row's first group along the sorted pool), which
+    gives the same T* as calling :func:`wasserstein1` per draw (to rounding).  A
+    custom ``statistic`` is called once per draw with float64 numpy arrays.
+    """
+    x = _as_float(a, "a")
+    y = _as_float(b, "b")
+    n_permutations = _check_int(n_permutations, "n_permutations", 1)
+    seed = _check_int(seed, "seed", 0)
+    if statistic is not None and not callable(statistic):
+        raise ValueError(f"statistic must be callable or None, got {statistic!r}")
+    fast = statistic is None or statistic is wasserstein1
+    stat = wasserstein1 if statistic is None else statistic
+    observed = float(stat(x, y))
+    if not math.isfinite(observed):
+        raise ValueError(f"statistic(a, b) must be finite, got {observed!r}")
+    m, total = x.shape[0], x.shape[0] + y.shape[0]
+    pooled = np.concatenate([x, y])
+    threshold = observed - 1e-12 * max(1.0, abs(observed))
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    if fast:
+        chunk = max(1, min(n_permutations, (1 << 21) // total))
+        done = 0
+        while done < n_permutations:
+            rows = min(chunk, n_permutations - done)
+            perms = np.empty((rows, total), dtype=np.int64)
+            for r in range(rows):
+                perms[r] = rng.permutation(total)
+            extreme += int(np.count_nonzero(_w1_permuted(pooled, m, perms) >= threshold))
+            done += rows
+    else:
+        for _ in range(n_permutations):
+            perm = rng.permutation(total)
+            value = float(stat(pooled[perm[:m]], pooled[perm[m:]]))
+            if value >= threshold:
+                extreme += 1
+    return (1 + extreme) / (1 + n_permutations)
+
+
+def _as_binary(x: Any, name: str) -> np.ndarray:
+    """Validated non-empty 1-D bool array from booleans or 0/1 numbers.
+
+    Anything else (2, 0.5, NaN, strings, None) raises ValueError naming ``name``
+    and the first bad row.
+    """
+    arr = _vector(x, name)
+    if arr.dtype.kind == "b":
+        return arr.astype(bool)
+    if arr.dtype.kind in "iuf":
+        ok = (arr == 0) | (arr == 1)
+    else:
+        ok = np.fromiter(
+            (
+                isinstance(v, (bool, np.bool_))
+                or (isinstance(v, (int, float, np.integer, np.floating)) and (v == 0 or v == 1))
+                for v in arr.tolist()
+            ),
+            dtype=bool,
+            count=arr.shape[0],
+        )
+    if not ok.all():
+        first = int(np.flatnonzero(~ok)[0])
+        raise ValueError(f"{name} must hold booleans or 0/1 (row {first} is {arr[first]!r})")
+    return np.asarray(arr == 1, dtype=bool)
+
+
+def _binom_half_cdf_times2(k: int, n: int) -> float:
+    """min(1, 2 * P(X <= k)) for X ~ Binomial(n, 1/2), correctly rounded up to ~1e-18.
+
+    Exact integer arithmetic: S = sum_{j <= k} C(n, j), summed downwards from
+    C(n, k) (math.comb) with C(n, j - 1) = C(n, j) j / (n - j + 1); for k <= n / 2
+    the terms decrease, and the sum stops once the remaining (at most n) terms are
+    below 2^-64 of S.  Then 2 S / 2^n is one correctly rounded int division.
+    """
+    if 2 * k >= n:
+        return 1.0  # 2 P(X <= k) >= 1 by symmetry
+    term = math.comb(n, k)
+    total = term
+    j = k
+    while j > 0:
+        term = term * j // (n - j + 1)
+        j -= 1
+        total += term
+        if (term * (j + 1)) << 64 < total:  # remaining j terms, each <= term
+            break
+    return min(1.0, total / (1 << (n - 1)))
+
+
+def mcnemar(a: Any, b: Any, exact: bool = True, correction: bool = True) -> dict[str, Any]:
+    """McNemar's test of equal accuracy for two models on the same items.
+
+    ``a[i]``, ``b[i]``: whether model A / model B got item i right (booleans or
+    0/1, same length).  n01 = #(a false, b true), n10 = #(a true, b false), and the
+    discordant count n_d = n01 + n10.
+
+    * exact: statistic = min(n01, n10) and
+      p = min(1, 2 * P(X <= statistic)), X ~ Binomial(n_d, 1/2), computed with exact
+      integer arithmetic (see ``_binom_half_cdf_times2``).
+    * otherwise: statistic = (|n01 - n10| - c)^2 / n_d with c = 1 if ``correction``
+      else 0 (not clipped at 0, as in statsmodels: n01 == n10 gives 1 / n_d with the
+      correction) and p = P(chi2_1 >= statistic) = erfc(sqrt(statistic / 2)).
+    * n_d == 0: statistic 0, p 1.
+
+    Agrees with ``statsmodels.stats.contingency_tables.mcnemar`` on the table
+    [[n11, n10], [n01, n00]].  Returns ``{"n01", "n10", "statistic", "pvalue",
+    "exact"}`` (counts as int, statistic and p-value as float).
+    """
+    x = _as_binary(a, "a")
+    y = _as_binary(b, "b")
+    _check_same_length(x, y, "a", "b")
+    exact = bool(exact)
+    n01 = int(np.count_nonzero(~x & y))
+    n10 = int(np.count_nonzero(x & ~y))
+    nd = n01 + n10
+    if nd == 0:
+        stat, p = 0.0, 1.0
+    elif exact:
+        k = min(n01, n10)
+        stat, p = float(k), _binom_half_cdf_times2(k, nd)
+    else:
+        corr = 1 if correction else 0
+        stat = (abs(n01 - n10) - corr) ** 2 / nd
+        p = math.erfc(math.sqrt(stat / 2.0))
+    return {"n01": n01, "n10": n10, "statistic": float(stat), "pvalue": float(p), "exact": exact}
+
+
+def bias_rate(prefers: Any) -> tuple[float, float]:
+    """Share of True in ``prefers`` and its standard error.
+
+    ``prefers[i]``: whether the reward model prefers the stereotypical sentence of
+    pair i (booleans or 0/1).  Returns (p, sqrt(p (1 - p) / n)); p = 0.5 is neutral.
+    """
+    x = _as_binary(prefers, "prefers")
+    n = x.shape[0]
+    p = float(np.count_nonzero(x)) / n
+    return p, math.sqrt(p * (1.0 - p) / n)
+
+
+def _unit_rows(embeddings: Any, name: str) -> np.ndarray:
+    """float64 [n, d] copy of ``embeddings`` with l2-normalized rows (n >= 2)."""
+    e = _as_float(embeddings, name, ndim=2)
+    if e.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows (responses), got {e.shape[0]}")
+    norms = np.sqrt(np.einsum("ij,ij->i", e, e))
+    zero = np.flatnonzero(norms == 0.0)
+    if zero.size:
+        raise ValueError(f"{name} row {int(zero[0])} is all zeros (its cosine similarity is undefined)")
+    return e / norms[:, None]
+
+
+def _semdiv_weighted(unit: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """S(w) = w^T D w / (n^2 - sum_k w_k^2) for every row w of ``counts`` [B, n].
+
+    D = 1 - cosine matrix with zero diagonal.  With unit rows u_k, n = sum_k w_k and
+    g_k = |u_k|^2 (1 up to rounding): w^T D w = n^2 - |sum_k w_k u_k|^2 - sum_k w_k^2 (1 - g_k).
+    S = 0 where the denominator is 0.
+    """
+    n = counts.sum(axis=1)
+    g = np.einsum("ij,ij->i", unit, unit)
+    proj = counts @ unit
+    sq = counts * counts
+    quad = n * n - np.einsum("ij,ij->i", proj, proj) - sq @ (1.0 - g)
+    denom = n * n - sq.sum(axis=1)
+    out = np.zeros(counts.shape[0], dtype=np.float64)
+    ok = denom > 0
+    out[ok] = quad[ok] / denom[ok]
+    return out
+
+
+def semantic_diversity(embeddings: Any) -> float:
+    """Semantic diversity of a set of responses (GUARD B.2).
+
+    Rows of ``embeddings`` [n, d] (n >= 2) are l2-normalized to e_i and
+    SemDiv = 2 / (n (n - 1)) sum_{i<j} (1 - cos(e_i, e_j)),
+    computed in O(n d) as (n^2 - |sum_i e_i|^2 - sum_i (1 - |e_i|^2)) / (n (n - 1)).
+    0 for identical responses, 1 for mutually orthogonal ones.  ValueError for
+    fewer than 2 rows, an all-zero row or NaN/inf.
+    """
+    unit = _unit_rows(embeddings, "embeddings")
+    ones = np.ones((1, unit.shape[0]), dtype=np.float64)
+    return float(_semdiv_weighted(unit, ones)[0])
+
+
+def paired_bootstrap_diversity(
+    embeddings: Any,
+    baseline_embeddings: Any,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Paired bootstrap of the semantic-diversity difference between two models.
+
+    Row i of ``embeddings`` [n, d1] and ``baseline_embeddings`` [n, d2] are the two
+    models' responses to prompt i (same n >= 2; dimensions may differ).  The draws
+    are exactly::
+
+        rng = np.random.default_rng(seed)
+        for _ in range(n_resamples):
+            idx = rng.integers(0, n, size=n)   # the same prompts for both models
+
+    On a resample with counts w_k = #(idx == k) the statistic is the diversity over
+    pairs of draws with different original prompts,
+    S(w) = w^T D w / (n^2 - sum_k w_k^2) (D = 1 - cosine matrix, zero diagonal;
+    S = 0 if every draw hit the same prompt); S(1, ..., 1) is
+    :func:`semantic_diversity`.  delta = SemDiv(embeddings) - SemDiv(baseline),
+    delta*_b = S_model(w_b) - S_baseline(w_b).
+
+    Returns ``{"diversity", "baseline_diversity", "difference" (delta), "ci_low",
+    "ci_high", "pvalue", "n", "n_resamples"}``: the CI is the percentile interval
+    ``np.quantile(delta*, [(1 - confidence) / 2, (1 + confidence) / 2])``; the
+    two-sided p-value shifts the bootstrap distribution to the null,
+    p = (1 + #{|delta*_b - delta| >= |delta|}) / (1 + n_resamples).
+    """
+    u = _unit_rows(embeddings, "embeddings")
+    v = _unit_rows(baseline_embeddings, "baseline_embeddings")
+    if u.shape[0] != v.shape[0]:
+        raise ValueError(
+            "embeddings and baseline_embeddings must have the same number of rows (prompts) "
+            f"(got {u.shape[0]} and {v.shape[0]})"
+        )
+    n_resamples = _check_int(n_resamples, "n_resamples", 1)
+    seed = _check_int(seed, "seed", 0)
+    conf = float(confidence)
+    if not (0.0 < conf < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    n = u.shape[0]
+    ones = np.ones((1, n), dtype=np.float64)
+    div = float(_semdiv_weighted(u, ones)[0])
+    base = float(_semdiv_weighted(v, ones)[0])
+    delta = div - base
+
+    rng = np.random.default_rng(seed)
+    stars = np.empty(n_resamples, dtype=np.float64)
+    chunk = max(1, min(n_resamples, (1 << 20) // n))
+    done = 0
+    while done < n_resamples:
+        rows = min(chunk, n_resamples - done)
+        counts = np.empty((rows, n), dtype=np.float64)
+        for r in range(rows):
+            counts[r] = np.bincount(rng.integers(0, n, size=n), minlength=n)
+        stars[done:done + rows] = _semdiv_weighted(u, counts) - _semdiv_weighted(v, counts)
+        done += rows
+    lo, hi = np.quantile(stars, [(1.0 - conf) / 2.0, (1.0 + conf) / 2.0])
+    extreme = int(np.count_nonzero(np.abs(stars - delta) >= abs(delta)))
+    return {
+        "diversity": div,
+        "baseline_diversity": base,
+        "difference": float(delta),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "pvalue": (1 + extreme) / (1 + n_resamples),
+        "n": int(n),
+        "n_resamples": int(n_resamples),
     }
