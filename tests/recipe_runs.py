@@ -28,9 +28,10 @@ def run_recipe(recipe: str, args: list[str]) -> None:
     run_ok([sys.executable, "-m", "guard.train", recipe, *args])
 
 
-def run_torchrun(recipe: str, args: list[str]) -> None:
+def run_torchrun(recipe: str, args: list[str], module: str = "guard.train") -> None:
+    """`recipe` (a subcommand of `module`: guard.train or guard.eval) in two gloo processes on the CPU."""
     run_ok([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-            "-m", "guard.train", recipe, *args, "--device", "cpu"])
+            "-m", module, recipe, *args, "--device", "cpu"])
 
 
 def kill_after_checkpoint(recipe: str, args: list[str], run_dir: Path, step: int) -> list[dict]:

@@ -1,6 +1,7 @@
 """What a newcomer runs: the README's usage block executes as written, and the default job
 (`python -m guard.train`) trains a plain and a fair tiny-Llama reward model on the bundled sample and audits
-both side by side."""
+both side by side; `python -m guard.eval rewards` on the two rewards.jsonl files prints the numbers the trainer
+printed."""
 
 import json
 import os
@@ -44,6 +45,29 @@ def test_default_job_fair_model_halves_the_mutual_information(tmp_path):
         assert label in result.stdout, result.stdout
     assert f"{fair['binned_mi']:.4g}" in (out / "report.md").read_text()
     assert "runs/guard-default/report.md" in result.stdout and (out / "lambda-0.2" / "rewards_by_category.png").is_file()
+
+    # The evaluation command on the run's rewards files reproduces the trainer's table, number for number.
+    audit = subprocess.run([sys.executable, "-m", "guard.eval", "rewards", "--rewards", "runs/guard-default/lambda-0.2/"
+                            "rewards.jsonl", "--baseline", "runs/guard-default/lambda-0/rewards.jsonl", "--output-dir",
+                            "audit", "--permutations", "100"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert audit.returncode == 0, audit.stderr[-3000:]
+    trained, evaluated = table_rows(result.stdout), table_rows(audit.stdout)
+    labels = ("pair accuracy", "BT loss", "KS", "KS p-value", "Wasserstein-1", "binned MI (nats)", "audit AUC")
+    for label in labels:
+        base, fair = trained[label]
+        assert evaluated[label][:2] == [fair, base], (label, trained[label], evaluated[label])
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """The cells of each row of a printed guard table, by its label (the first cell: words separated by single
+    spaces, then two or more spaces)."""
+    rows = {}
+    for line in stdout.splitlines():
+        match = re.match(r"^(\S+(?: \S+)*)\s{2,}(.*)$", line)
+        if match:
+            rows[match.group(1)] = match.group(2).split()
+    return rows
 
 
 def test_default_job_help():

@@ -54,7 +54,27 @@ def test_chosen_rejected_and_curves(tmp_path):
     assert _png_size(p) == (640, 400)
 
 
+def test_ecdf_bars_and_generic_histograms(tmp_path):
+    rng = np.random.default_rng(3)
+    many = {f"c{k}": rng.normal(k / 10, 1.0, size=25) for k in range(12)}
+    assert _png_size(plots.ecdf(tmp_path / "ecdf.png", many, "ECDF", "reward")) == (640, 400)
+    assert _png_size(plots.ecdf(tmp_path / "one.png", {"a": [2.0]}, "one value", "x")) == (640, 400)
+    rates = {"model": {"gender": 0.6, "age": 0.45}, "baseline": {"gender": 0.5, "race": 0.7}}  # a missing bar is a gap
+    errors = {"model": {"gender": 0.05, "age": 0.04}}
+    p = plots.category_bars(tmp_path / "bars.png", rates, "bias", "share", errors=errors, reference=0.5)
+    assert _png_size(p) == (640, 400)
+    assert _png_size(plots.histograms(tmp_path / "h.png", {"a": [0.1, 0.2]}, "t", "distance")) == (640, 400)
+
+
 def test_plot_errors(tmp_path):
+    with pytest.raises(ValueError, match="no series"):
+        plots.ecdf(tmp_path / "x.png", {}, "t", "x")
+    with pytest.raises(ValueError, match=r"values of 'a' contains NaN"):
+        plots.ecdf(tmp_path / "x.png", {"a": [np.nan]}, "t", "x")
+    with pytest.raises(ValueError, match="series 'm': value of 'g' is not finite"):
+        plots.category_bars(tmp_path / "x.png", {"m": {"g": np.inf}}, "t", "y")
+    with pytest.raises(ValueError, match="no series"):
+        plots.category_bars(tmp_path / "x.png", {}, "t", "y")
     with pytest.raises(ValueError, match="rewards of 'b' is empty"):
         plots.reward_histograms(tmp_path / "x.png", {"a": [1.0], "b": []}, "t")
     with pytest.raises(ValueError, match=r"rewards of 'a' contains NaN or inf \(first at index 1\)"):
