@@ -267,6 +267,13 @@ def test_diversity_of_a_sharper_policy_and_the_bootstrap(setup, tmp_path, embedd
     assert (cmp["pvalue"] < 0.05) == (cmp["ci_low"] > 0 or cmp["ci_high"] < 0) or abs(cmp["pvalue"] - 0.05) < 0.03
 
 
+def test_parity_needs_two_categories(setup, tmp_path, capsys):
+    write_jsonl(tmp_path / "one.jsonl", [{"prompt": f"how do i fix the {o} ?"} for o in ("stove", "outlet", "heater")])
+    assert eval_main(["parity", "--policy", str(setup / "policy_a"), "--scorer", str(setup / "rm" / "model"),
+                      "--prompts", str(tmp_path / "one.jsonl"), "--output-dir", str(tmp_path / "out"), *FAST]) == 2
+    assert "at least two categories" in capsys.readouterr().err
+
+
 def test_a_missing_embedding_model_is_one_error_line(setup, tmp_path, capsys):
     assert eval_main(["diversity", "--policy", str(setup / "policy_a"), "--prompts", str(setup / "prompts.jsonl"),
                       "--embedding-model", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "out"),

@@ -41,19 +41,23 @@ class DiversityConfig(PromptOptions):
     top_p: float = option(0.95, "nucleus sampling: keep the smallest set of tokens with this probability")
 
 
-def embed(texts: list[str], model_name: str, device, batch_size: int) -> np.ndarray:
-    """float64 [n, d] l2-normalized sentence embeddings of `texts`."""
+def load_embedder(model_name: str, device):
+    """The sentence-transformers model (a hub name or a local folder), or one readable error."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
         raise ConfigError("the diversity evaluation needs sentence-transformers: pip install 'guard[eval]'") from err
     try:
-        model = SentenceTransformer(model_name, device=str(device))
+        return SentenceTransformer(model_name, device=str(device))
     except Exception as err:  # noqa: BLE001 - a missing or unreadable model becomes one readable message
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"cannot load the embedding model {model_name}: {reason}") from err
-    vectors = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                           show_progress_bar=len(texts) > 10 * batch_size)
+
+
+def embed(embedder, texts: list[str], batch_size: int) -> np.ndarray:
+    """float64 [n, d] l2-normalized sentence embeddings of `texts`."""
+    vectors = embedder.encode(texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                              show_progress_bar=len(texts) > 10 * batch_size)
     return np.asarray(vectors, dtype=np.float64)
 
 
@@ -71,12 +75,13 @@ def run(cfg: DiversityConfig) -> dict:
         raise ConfigError("--bootstrap must be positive and --confidence in (0, 1)")
     with common.session(cfg) as (dist, out, autocast):
         prompts, cmap, rows = load_prompts(cfg)
+        embedder = load_embedder(cfg.embedding_model, dist.device) if dist.is_main else None  # fail before generating
         labels, answers, kept = answer_all(cfg, prompts, cmap, rows, dist, autocast, out)
         if not dist.is_main:
             return {}
         if len(kept) < 2:
             raise ConfigError(f"semantic diversity needs at least 2 responses; {len(kept)} prompts were answered")
-        embeddings = [embed(a.responses, cfg.embedding_model, dist.device, cfg.batch_size) for a in answers]
+        embeddings = [embed(embedder, a.responses, cfg.batch_size) for a in answers]
         by_policy = []
         for a, e in zip(answers, embeddings):
             words = [len(text.split()) for text in a.responses]
