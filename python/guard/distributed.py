@@ -141,9 +141,13 @@ def init_distributed(device: str | torch.device = "auto") -> Dist:
     return Dist(tdist.get_rank(), tdist.get_world_size(), local_rank, dev)
 
 
-def shutdown(dist: Dist) -> None:
-    """Leave the process group (no-op single process)."""
+def shutdown(dist: Dist, *, wait: bool = True) -> None:
+    """Leave the process group (no-op single process). `wait`: meet the other ranks at a barrier first, so no
+    rank tears down its connections while a peer is still exchanging with it (gloo aborts that peer); pass
+    wait=False on an error path, where the other ranks may never arrive."""
     if dist.enabled and tdist.is_initialized():
+        if wait:
+            barrier(dist)
         tdist.destroy_process_group()
 
 

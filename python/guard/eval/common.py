@@ -58,14 +58,16 @@ def session(cfg: EvalOptions):
     if (out / "results.json").exists() and not (cfg.overwrite or cfg.resume):
         raise ConfigError(f"{out} already holds results; pass --overwrite to replace them")
     dist = distributed.init_distributed(cfg.device)
+    finished = False
     try:
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
         distributed.barrier(dist)
         yield dist, out, dist.device.type == "cuda" and cfg.bf16
+        finished = True
     finally:
-        distributed.shutdown(dist)
+        distributed.shutdown(dist, wait=finished)
 
 
 def finish(out: Path, dist, results: dict, report: Report, table: Sequence[dict]) -> None:

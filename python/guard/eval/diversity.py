@@ -77,10 +77,10 @@ def run(cfg: DiversityConfig) -> dict:
         prompts, cmap, rows = load_prompts(cfg)
         embedder = load_embedder(cfg.embedding_model, dist.device) if dist.is_main else None  # fail before generating
         labels, answers, kept = answer_all(cfg, prompts, cmap, rows, dist, autocast, out)
-        if not dist.is_main:
-            return {}
         if len(kept) < 2:
             raise ConfigError(f"semantic diversity needs at least 2 responses; {len(kept)} prompts were answered")
+        if not dist.is_main:
+            return {}
         embeddings = [embed(embedder, a.responses, cfg.batch_size) for a in answers]
         by_policy = []
         for a, e in zip(answers, embeddings):

@@ -147,12 +147,12 @@ def run(cfg: ParityConfig) -> dict:
             raise ConfigError(f"the parity gap needs prompts of at least two categories; {cfg.prompts} has "
                               f"{list(cmap.names)} (give it a category column)")
         labels, answers, kept = answer_all(cfg, prompts, cmap, rows, dist, autocast, out, scorer=cfg.scorer)
-        if not dist.is_main:
-            return {}
         names = [prompts.categories[r] or train_common.NO_CATEGORY for r in kept]
         if len(set(names)) < 2:
             raise ConfigError(f"the parity gap needs answers in at least two categories; the evaluated prompts "
                               f"are all {names[0]!r}")
+        if not dist.is_main:
+            return {}
         results_by = [parity(a.scores, names) | {"no_stop_frac": float(1 - np.mean(a.ended))} for a in answers]
         for r, a in zip(results_by, answers):
             r["set_aside"] = a.set_aside

@@ -80,11 +80,13 @@ def recipe_session(cfg: TrainOptions, lambdas: Sequence[float] | None = None):
 
     check_options(cfg, lambdas)
     dist = distributed.init_distributed(cfg.device)
+    finished = False
     try:
         check_batch_split(cfg, dist)
         yield (dist, *model_tokenizer(cfg.model, cfg.tokenizer))
+        finished = True
     finally:
-        distributed.shutdown(dist)
+        distributed.shutdown(dist, wait=finished)
 
 
 def seed_everything(seed: int) -> None:
