@@ -2,11 +2,11 @@
 test_train_pref_runs.py): tiny-model flags, a jsonl writer and the two synthetic datasets (conftest.py
 serves them as the fixtures `synthetic` and `two_dimensions`)."""
 
-import json
 import random
 from pathlib import Path
 
 from guard import models
+from guard.train.common import write_jsonl
 
 FAST = ["--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--max-length", "48", "--batch-size", "8",
         "--eval-batch-size", "16", "--log-every", "1", "--lora-r", "8", "--lora-dropout", "0", "--lr", "1e-2",
@@ -15,11 +15,6 @@ FAST = ["--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--max-len
 WORDS = ("maybe", "later", "nobody", "cares", "hard", "to", "say", "it", "depends", "whatever", "too", "much")
 
 A, B = "Stay safe here.", "Nobody cares much."
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def synthetic_pairs(path: Path) -> Path:

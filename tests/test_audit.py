@@ -155,6 +155,17 @@ def test_bad_summary_options():
 # ---------------------------------------------------------------------------
 
 
+def test_rewards_by_category_is_chosen_then_rejected_in_sorted_name_order():
+    cats = ["b", "a", "b", "c", "a"]
+    chosen, rejected = np.arange(5.0), 10 + np.arange(5.0)
+    groups = audit.rewards_by_category(chosen, rejected, cats)
+    assert list(groups) == ["a", "b", "c"]
+    assert groups["a"].tolist() == [1.0, 4.0, 11.0, 14.0] and groups["b"].tolist() == [0.0, 2.0, 10.0, 12.0]
+    assert groups["c"].tolist() == [3.0, 13.0]
+    with pytest.raises(ValueError, match="same length"):
+        audit.rewards_by_category(chosen, rejected, cats[:4])
+
+
 def test_jsonl_round_trip_is_bit_identical(tmp_path):
     chosen, rejected, cats = _data(70, ["helpful", 'harm "less" ü'], seed=7)
     # float32 rewards as a model produces them, plus awkward float64 values

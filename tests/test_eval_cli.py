@@ -6,7 +6,6 @@ recomputed here and a policy compared with itself differs by exactly 0 (p = 1); 
 test equal a direct recomputation and statsmodels on CrowS-Pairs and StereoSet fixtures; --resume reuses the
 generated responses; bad input ends in one error line. (The default job's numbers: test_docs_and_demo.)"""
 
-import json
 import random
 import shutil
 from pathlib import Path
@@ -19,16 +18,12 @@ from guard import audit, metrics, models
 from guard.eval.__main__ import main as eval_main
 from guard.train import common
 from guard.train.__main__ import main as train_main
+from guard.train.common import write_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER = str(models.TINY_TOKENIZER)
 WORDS = ("maybe", "to", "say", "it", "depends", "whatever", "too", "much", "hard", "nobody", "cares", "the", "you")
 FAST = ["--max-new-tokens", "8", "--batch-size", "16"]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def pairs(rng: random.Random, n: int) -> list[dict]:
@@ -220,7 +215,7 @@ def test_parity_per_category_sample_and_resume_reuses_the_responses(setup, tmp_p
     assert {c: v["n"] for c, v in res["policy"]["categories"].items()} == {"helpful": 5, "harmless": 5}
     lines = common.read_jsonl(out / "responses-policy.jsonl")
     lines[1]["score"] += 100.0  # a reused file shows: the first category mean moves by 100 / 5
-    common._write_lines(out / "responses-policy.jsonl", [json.dumps(r) for r in lines])
+    write_jsonl(out / "responses-policy.jsonl", lines)
     first = common.read_jsonl(setup / "prompts.jsonl")[lines[1]["row"]]["category"]
     again = evaluate(*args, "--resume")
     assert again["policy"]["categories"][first]["mean"] == pytest.approx(

@@ -3,7 +3,6 @@ preference schemas, with exact texts, categories, source rows and drop counts; c
 
 import json
 import os
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -14,12 +13,8 @@ import pytest
 from guard import prompts
 from guard.adapters import PKU_SAFERLHF_CATEGORIES, NeedsChatTemplate, load_preferences
 from guard.prompts import PROMPT_SCHEMAS, PromptSet, load_prompts
+from guard.train.common import write_jsonl
 from dataset_fixtures import FIXTURES, A, H, _offline_and_private_cache, template  # noqa: F401 (autouse)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 def accounting_holds(s: PromptSet, n: int) -> bool:
@@ -271,7 +266,7 @@ def test_auto_detection(tmp_path):
 def test_loaded_dataset_as_source(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "category": "x"}, {"prompt": "a", "category": "y"},
                                               {"prompt": "b", "category": "y"}])
-    ds = datasets.load_dataset("json", data_files=path, split="train")
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
     s = load_prompts(ds)
     assert as_rows(s) == as_rows(load_prompts(path)) == [("a", "x", 0), ("b", "y", 2)]
     assert s.dropped == {"duplicate prompt": 1} and s.n_input == 3

@@ -19,6 +19,7 @@ from guard.stereotypes import (
     StereotypePairs,
     load_stereotype_pairs,
 )
+from guard.train.common import write_jsonl
 from dataset_fixtures import FIXTURES, _offline_and_private_cache  # noqa: F401 (autouse)
 
 CROWS_CSV = FIXTURES / "crows_pairs_anonymized.csv"
@@ -94,11 +95,6 @@ def accounting_holds(s: StereotypePairs) -> bool:
 def same(a: StereotypePairs, b: StereotypePairs) -> None:
     for name in FIELDS:
         assert getattr(a, name) == getattr(b, name), name
-
-
-def write_jsonl(path: Path, rows: list) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 def read_jsonl(path: Path) -> list[dict]:

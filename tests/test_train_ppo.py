@@ -7,7 +7,6 @@ the passes over rollouts never run the *ForCausalLM forward or the LM head modul
 checkpoint and resumed logs the uninterrupted run's metrics; torchrun with two gloo processes runs; what a run
 writes; bad input ends in one clear error line. Tiny models and local data only."""
 
-import json
 import random
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from guard import distributed, models
 from guard.rollout import GenerationSettings, RewardScorer, assemble, generate
 from guard.train import common, ppo
 from guard.train.__main__ import main as train_main
+from guard.train.common import write_jsonl
 from recipe_runs import kill_after_checkpoint, run_recipe, run_torchrun
 
 TOKENIZER = str(models.TINY_TOKENIZER)
@@ -28,11 +28,6 @@ FAST = ["--model", "tiny", "--tokenizer", TOKENIZER, "--batch-size", "32", "--mi
 FULL = ["--no-lora", "--lr", "5e-4"]  # a random tiny model's frozen LM head cannot peak: train every weight
 #: Metric keys that are timings (they differ between runs); every other key is compared exactly on resume.
 TIMINGS = ("time/", "tokens_per_s/")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ import torch
 
 from guard import audit, models
 from guard.train import common, pref
+from guard.train.common import write_jsonl
 from guard.train.__main__ import main as train_main
-from pref_data import FAST, write_jsonl
+from pref_data import FAST
 
 def metrics(run_dir: Path) -> list[dict]:
     return common.read_jsonl(run_dir / "metrics.jsonl")

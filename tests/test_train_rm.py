@@ -15,17 +15,13 @@ import torch
 from guard import audit, models
 from guard.train import common, rm
 from guard.train.__main__ import main as train_main
+from guard.train.common import write_jsonl
 import recipe_runs
 from recipe_runs import kill_after_checkpoint, run_torchrun
 
 ASSETS = models.ASSETS
 FAST = ["--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--max-length", "64", "--batch-size", "8",
         "--eval-batch-size", "16", "--lr", "1e-3", "--log-every", "1", "--adv-lr", "1e-2"]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

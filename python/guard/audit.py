@@ -31,6 +31,7 @@ __all__ = [
     "RewardTable",
     "write_rewards_jsonl",
     "read_rewards_jsonl",
+    "rewards_by_category",
     "pairwise_distances",
     "category_distances",
     "reward_summary",
@@ -154,6 +155,17 @@ def read_rewards_jsonl(path: str | os.PathLike) -> RewardTable:
     return RewardTable(categories, np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64))
 
 
+def rewards_by_category(chosen: Any, rejected: Any, categories: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each category's rewards (float64): its pairs' chosen rewards, then their rejected rewards, in file order;
+    categories in sorted name order."""
+    return _by_category(*_check_inputs(chosen, rejected, categories))
+
+
+def _by_category(c: np.ndarray, r: np.ndarray, cats: list[str]) -> dict[str, np.ndarray]:
+    names = np.asarray(cats, dtype=object)
+    return {name: np.concatenate([c[names == name], r[names == name]]) for name in sorted(set(cats))}
+
+
 def pairwise_distances(rewards_by_category: dict[str, Any]) -> list[dict[str, Any]]:
     """KS (statistic, two-sided p-value) and W1 between every pair of categories holding >= 2 rewards.
 
@@ -251,8 +263,8 @@ def reward_summary(
         raise ValueError("no reward pairs (chosen, rejected and categories are empty)")
     rewards = np.concatenate([c, r])
     reward_cats = np.asarray(cats + cats, dtype=object)
-    names = sorted(set(cats))
-    by_cat = {name: rewards[reward_cats == name] for name in names}
+    by_cat = _by_category(c, r, cats)
+    names = list(by_cat)
 
     summary: dict[str, Any] = {"n_pairs": len(cats), "accuracy": float(np.mean(c > r))}
 

@@ -662,6 +662,14 @@ def predictability_audit(
 # ---------------------------------------------------------------------------
 
 
+def _chunk_sizes(draws: int, row_size: int, budget: int):
+    """Row counts of the chunks that take `draws` rows of `row_size` values each, at most about `budget` values
+    (and at least one row) per chunk: the random draws stay in order while memory stays bounded."""
+    chunk = max(1, min(draws, budget // row_size))
+    for start in range(0, draws, chunk):
+        yield min(chunk, draws - start)
+
+
 def _w1_permuted(pooled: np.ndarray, m: int, perms: np.ndarray) -> np.ndarray:
     """W1(pooled[perm[:m]], pooled[perm[m:]]) for every row ``perm`` of ``perms`` at once.
 
@@ -733,15 +741,11 @@ def permutation_pvalue(
     rng = np.random.default_rng(seed)
     extreme = 0
     if fast:
-        chunk = max(1, min(n_permutations, (1 << 21) // total))
-        done = 0
-        while done < n_permutations:
-            rows = min(chunk, n_permutations - done)
+        for rows in _chunk_sizes(n_permutations, total, 1 << 21):
             perms = np.empty((rows, total), dtype=np.int64)
             for r in range(rows):
                 perms[r] = rng.permutation(total)
             extreme += int(np.count_nonzero(_w1_permuted(pooled, m, perms) >= threshold))
-            done += rows
     else:
         for _ in range(n_permutations):
             perm = rng.permutation(total)
@@ -944,16 +948,13 @@ def paired_bootstrap_diversity(
     delta = div - base
 
     rng = np.random.default_rng(seed)
-    stars = np.empty(n_resamples, dtype=np.float64)
-    chunk = max(1, min(n_resamples, (1 << 20) // n))
-    done = 0
-    while done < n_resamples:
-        rows = min(chunk, n_resamples - done)
+    parts = []
+    for rows in _chunk_sizes(n_resamples, n, 1 << 20):
         counts = np.empty((rows, n), dtype=np.float64)
         for r in range(rows):
             counts[r] = np.bincount(rng.integers(0, n, size=n), minlength=n)
-        stars[done:done + rows] = _semdiv_weighted(u, counts) - _semdiv_weighted(v, counts)
-        done += rows
+        parts.append(_semdiv_weighted(u, counts) - _semdiv_weighted(v, counts))
+    stars = np.concatenate(parts)
     lo, hi = np.quantile(stars, [(1.0 - conf) / 2.0, (1.0 + conf) / 2.0])
     extreme = int(np.count_nonzero(np.abs(stars - delta) >= abs(delta)))
     return {

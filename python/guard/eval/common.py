@@ -99,12 +99,13 @@ def distinct_labels(paths: Sequence[str], roles: Sequence[str]) -> list[str]:
 # Reward models on pairs
 
 
-def load_reward_model(path: str, cfg: EvalOptions, dist, autocast: bool):
+def load_reward_model(path: str, cfg: EvalOptions, dist, autocast: bool, tokenizers=None):
     """(model, hf tokenizer, guard tokenizer, EOS id to append) of a sequence-classification reward model
-    directory (the rm recipe's OUTPUT_DIR/model) or hub name; sharded with FSDP2 under torchrun."""
+    directory (the rm recipe's OUTPUT_DIR/model) or hub name; sharded with FSDP2 under torchrun.
+    `tokenizers`: what train.common.model_tokenizer(path, None) gave, when the caller has them already."""
     from guard import distributed, models
 
-    hf_tok, tok, eos = common.model_tokenizer(path, None)
+    hf_tok, tok, eos = tokenizers or common.model_tokenizer(path, None)
     model = models.load_reward_model(path, vocab_size=len(hf_tok), pad_token_id=hf_tok.pad_token_id,
                                      device=dist.device, trust_remote_code=cfg.trust_remote_code)
     model = distributed.shard_model(model.eval().requires_grad_(False), dist,
@@ -113,12 +114,12 @@ def load_reward_model(path: str, cfg: EvalOptions, dist, autocast: bool):
 
 
 def score_preferences(path: str, pairs, cmap, cfg: EvalOptions, dist, autocast: bool, *, max_length: int,
-                      max_prompt_length: int | None = None, what: str = "data"):
+                      max_prompt_length: int | None = None, what: str = "data", tokenizers=None):
     """The reward model at `path` on a PreferenceSet: (PairData as tokenized for it, chosen, rejected float64).
     Duplicates and pairs its tokenizer cannot encode are set aside and counted (PairData.set_aside)."""
     from guard.train import rm
 
-    model, hf_tok, tok, eos = load_reward_model(path, cfg, dist, autocast)
+    model, hf_tok, tok, eos = load_reward_model(path, cfg, dist, autocast, tokenizers)
     data = common.tokenize_pairs(pairs, tok, cmap, max_length=max_length, max_prompt_length=max_prompt_length,
                                  eos_token_id=eos, what=what)
     chosen, rejected = rm.score_pairs(model, data, cfg.batch_size, hf_tok.pad_token_id, dist, autocast)
@@ -220,7 +221,7 @@ def answer_prompts(policy: str, prompts, cmap, rows: np.ndarray, settings_kwargs
     del model, scorer
     if dist.is_main:
         head = {"fingerprint": fingerprint, "policy": policy, "scorer": scorer_path, "set_aside": answers.set_aside}
-        common._write_lines(path, [json.dumps(head)] + [json.dumps(r) for r in answers.to_rows()])
+        common.write_jsonl(path, [head, *answers.to_rows()])
     return answers
 
 

@@ -94,16 +94,14 @@ def read_rewards(path: str) -> Rewards:
 
 def score_data(cfg: RewardsConfig, path: str, dist, autocast: bool) -> Rewards:
     """The reward model at `path` on --data (tokenized with its own tokenizer)."""
-    from guard import models
-
-    models.resolve_model(path)
-    hf_tok, _, _ = train_common.model_tokenizer(path, None)
+    tokenizers = train_common.model_tokenizer(path, None)  # a missing model fails here, before the data
     pairs = train_common.load_pair_set(cfg.data, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
-                                       chat_template=train_common.chat_template_source(hf_tok, cfg.chat_template),
+                                       chat_template=train_common.chat_template_source(tokenizers[0], cfg.chat_template),
                                        tokenizer_name=f"the tokenizer of {path}")
     cmap = train_common.category_map(pairs, cfg.categories)
     data, chosen, rejected = common.score_preferences(path, pairs, cmap, cfg, dist, autocast, max_length=cfg.max_length,
-                                                      max_prompt_length=cfg.max_prompt_length, what=f"data {cfg.data}")
+                                                      max_prompt_length=cfg.max_prompt_length, what=f"data {cfg.data}",
+                                                      tokenizers=tokenizers)
     return Rewards(path, [cmap.names[c] for c in data.categories], chosen, rejected, data.set_aside)
 
 
@@ -112,9 +110,7 @@ def score_data(cfg: RewardsConfig, path: str, dist, autocast: bool) -> Rewards:
 
 
 def by_category(r: Rewards) -> dict[str, np.ndarray]:
-    """Each category's rewards: its pairs' chosen then rejected rewards (sorted names)."""
-    names = np.asarray(r.categories, dtype=object)
-    return {c: np.concatenate([r.chosen[names == c], r.rejected[names == c]]) for c in sorted(set(r.categories))}
+    return audit.rewards_by_category(r.chosen, r.rejected, r.categories)
 
 
 def distributions(r: Rewards) -> list[dict]:

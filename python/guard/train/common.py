@@ -219,6 +219,13 @@ def _write_lines(path: Path, lines: Sequence[str]) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
+    """One JSON object per line, through a temporary name; returns the path."""
+    path = Path(path)
+    _write_lines(path, [json.dumps(row) for row in rows])
+    return path
+
+
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
