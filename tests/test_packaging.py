@@ -1,7 +1,8 @@
 """The wheel: built with maturin from this checkout, it must carry the Triton sources as guard/kernels
-(the top-level `kernels` symlink resolves into the package), the Rust extension as an abi3 module, the
+(the top-level `kernels/` folder mirrors them with per-file symlinks and is no package), the Rust extension as an abi3 module, the
 type stub, py.typed and the default job's assets; and unpacked on its own it must import."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -14,9 +15,34 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_kernels_symlink_points_into_the_package():
-    link = ROOT / "kernels"
-    assert link.is_symlink() and link.resolve() == (ROOT / "python" / "guard" / "kernels").resolve()
+def test_top_level_kernels_mirrors_the_package_and_is_not_a_package():
+    """kernels/ holds one symlink per kernel source and no __init__.py, so it is at most a namespace portion
+    and can never shadow a regular top-level `kernels` package of another distribution."""
+    top, package = ROOT / "kernels", ROOT / "python" / "guard" / "kernels"
+    assert top.is_dir() and not top.is_symlink() and not (top / "__init__.py").exists()
+    sources = {p.name for p in package.glob("*.py")} - {"__init__.py"}
+    links = {p.name for p in top.glob("*.py")}
+    assert links == sources, f"kernels/ out of step with python/guard/kernels/: {sorted(links ^ sources)}"
+    for name in links:
+        assert (top / name).is_symlink() and (top / name).resolve() == (package / name).resolve(), name
+
+
+def _run_from_root(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(ROOT / "python")}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_running_from_the_repo_root_does_not_shadow_the_pypi_kernels_package():
+    """transformers imports the Hugging Face `kernels` distribution; `python -m` from the repository root puts
+    the root first on sys.path, where guard's kernels/ folder lives."""
+    if importlib.util.find_spec("kernels") is None or "site-packages" not in str(importlib.util.find_spec("kernels").origin):
+        pytest.fail("the PyPI package `kernels` (a transformers dependency) is not installed")
+    probe = _run_from_root("-c", "import kernels, transformers.integrations.hub_kernels; print(kernels.__file__)")
+    assert probe.returncode == 0, probe.stderr
+    assert "site-packages" in probe.stdout and str(ROOT / "kernels") not in probe.stdout, probe.stdout
+    for argv in (["-m", "guard.train", "--help"], ["-m", "guard.train", "rm", "--help"]):
+        run = _run_from_root(*argv)
+        assert run.returncode == 0 and "usage" in (run.stdout + run.stderr).lower() or "recipes" in run.stdout, run.stderr
 
 
 @pytest.mark.slow

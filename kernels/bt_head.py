@@ -1,0 +1,1 @@
+../python/guard/kernels/bt_head.py

@@ -1,0 +1,1 @@
+../python/guard/kernels/preference_head.py

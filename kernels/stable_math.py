@@ -1,0 +1,1 @@
+../python/guard/kernels/stable_math.py
