@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 from guard import models
-from guard.train.common import write_jsonl
+from guard.jsonfiles import write_jsonl
 
 FAST = ["--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--max-length", "48", "--batch-size", "8",
         "--eval-batch-size", "16", "--log-every", "1", "--lora-r", "8", "--lora-dropout", "0", "--lr", "1e-2",

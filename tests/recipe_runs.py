@@ -9,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from guard import distributed
-from guard.train import common
+from guard import distributed, jsonfiles
 
 
 def env() -> dict:
@@ -52,6 +51,6 @@ def kill_after_checkpoint(recipe: str, args: list[str], run_dir: Path, step: int
     assert checkpoint.is_dir(), f"{checkpoint} never appeared"
     assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
     last = int(distributed.latest_checkpoint(run_dir).name.split("-")[1])
-    kept = [row for row in common.read_jsonl(run_dir / "metrics.jsonl") if row["step"] <= last]
+    kept = [row for row in jsonfiles.read_jsonl(run_dir / "metrics.jsonl") if row["step"] <= last]
     assert [row["step"] for row in kept] == list(range(1, last + 1))
     return kept

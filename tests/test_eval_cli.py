@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from guard import audit, metrics, models
+from guard import audit, jsonfiles, metrics, models
 from guard.eval.__main__ import main as eval_main
-from guard.train import common
+from guard.jsonfiles import write_jsonl
 from guard.train.__main__ import main as train_main
-from guard.train.common import write_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOKENIZER = str(models.TINY_TOKENIZER)
@@ -70,7 +69,7 @@ def evaluate(*argv: str) -> dict:
     assert eval_main([str(a) for a in argv]) == 0
     out = Path(argv[argv.index("--output-dir") + 1])
     assert (out / "report.md").is_file() and (out / "config.yaml").is_file()
-    return common.read_json(out / "results.json")
+    return jsonfiles.read_json(out / "results.json")
 
 
 def rm_scores(path: Path, texts: list[str]) -> np.ndarray:
@@ -131,7 +130,7 @@ def test_reward_model_on_data_gives_the_trainers_rewards_and_a_baseline_side_by_
     assert mine.categories == trained.categories
     np.testing.assert_allclose(mine.chosen, trained.chosen, atol=1e-5)
     np.testing.assert_allclose(mine.rejected, trained.rejected, atol=1e-5)
-    summary = common.read_json(setup / "rm" / "summary.json")
+    summary = jsonfiles.read_json(setup / "rm" / "summary.json")
     assert res["model"]["accuracy"] == summary["accuracy"] and res["model"]["n_pairs"] == 40
     assert res["labels"] == ["rm", "random_rm"] and res["baseline"]["n_pairs"] == 40
     for key in ("accuracy", "ks", "w1", "binned_mi", "audit_auc", "bt_loss"):
@@ -174,11 +173,11 @@ def test_parity_scores_are_the_reward_models_and_a_policy_against_itself_drops_z
     res = evaluate("parity", "--policy", setup / "policy_a", "--baseline-policy", setup / "policy_a_copy",
                    "--scorer", setup / "rm" / "model", "--prompts", setup / "prompts.jsonl", "--output-dir", out, *FAST)
     assert res["labels"] == ["policy_a", "policy_a_copy"] and res["prompts"] == 36
-    rows = common.read_jsonl(out / "responses-policy.jsonl")[1:]
-    base = common.read_jsonl(out / "responses-baseline.jsonl")[1:]
+    rows = jsonfiles.read_jsonl(out / "responses-policy.jsonl")[1:]
+    base = jsonfiles.read_jsonl(out / "responses-baseline.jsonl")[1:]
     assert [r["response"] for r in rows] == [r["response"] for r in base]  # same seed and settings
     assert res["relative_drop_percent"] == 0.0 and res["policy"]["parity_gap"] == res["baseline"]["parity_gap"]
-    prompts = common.read_jsonl(setup / "prompts.jsonl")
+    prompts = jsonfiles.read_jsonl(setup / "prompts.jsonl")
     hf_tok, _ = models.load_tokenizer(setup / "rm" / "model")
     # The scorer saw prompt + response ids (the EOS included when the response ended). Recompute from the texts
     # where the decoded response re-encodes to its length (a sampled special token such as <bos> is not in the
@@ -213,10 +212,10 @@ def test_parity_per_category_sample_and_resume_reuses_the_responses(setup, tmp_p
     res = evaluate(*args)
     assert res["prompts"] == 10 and res["baseline"] is None and res["relative_drop_percent"] is None
     assert {c: v["n"] for c, v in res["policy"]["categories"].items()} == {"helpful": 5, "harmless": 5}
-    lines = common.read_jsonl(out / "responses-policy.jsonl")
+    lines = jsonfiles.read_jsonl(out / "responses-policy.jsonl")
     lines[1]["score"] += 100.0  # a reused file shows: the first category mean moves by 100 / 5
     write_jsonl(out / "responses-policy.jsonl", lines)
-    first = common.read_jsonl(setup / "prompts.jsonl")[lines[1]["row"]]["category"]
+    first = jsonfiles.read_jsonl(setup / "prompts.jsonl")[lines[1]["row"]]["category"]
     again = evaluate(*args, "--resume")
     assert again["policy"]["categories"][first]["mean"] == pytest.approx(
         res["policy"]["categories"][first]["mean"] + 20.0)
@@ -242,7 +241,7 @@ def test_diversity_is_the_mean_pairwise_cosine_distance_and_self_comparison_is_z
                    "--bootstrap", "200", *FAST)
     from sentence_transformers import SentenceTransformer
 
-    texts = [r["response"] for r in common.read_jsonl(out / "responses-policy.jsonl")[1:]]
+    texts = [r["response"] for r in jsonfiles.read_jsonl(out / "responses-policy.jsonl")[1:]]
     e = SentenceTransformer(embedding_model, device="cpu").encode(texts, convert_to_numpy=True).astype(np.float64)
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     n = len(texts)
@@ -325,15 +324,15 @@ def test_torchrun_scores_like_one_process_and_answers_every_prompt_once(setup, t
             "--permutations", "20", "--batch-size", "7"]
     run_torchrun("rewards", [*args, "--output-dir", str(tmp_path / "two")], module="guard.eval")
     one = evaluate("rewards", *args, "--output-dir", tmp_path / "one")
-    two = common.read_json(tmp_path / "two" / "results.json")
+    two = jsonfiles.read_json(tmp_path / "two" / "results.json")
     np.testing.assert_allclose(audit.read_rewards_jsonl(tmp_path / "two" / "rewards.jsonl").chosen,
                                audit.read_rewards_jsonl(tmp_path / "one" / "rewards.jsonl").chosen, atol=1e-5)
     assert two["model"]["accuracy"] == one["model"]["accuracy"]
     run_torchrun("parity", ["--policy", str(setup / "policy_a"), "--scorer", str(setup / "rm" / "model"), "--prompts",
                             str(setup / "prompts.jsonl"), "--num-prompts", "11", "--output-dir", str(tmp_path / "p"),
                             *FAST], module="guard.eval")
-    rows = common.read_jsonl(tmp_path / "p" / "responses-policy.jsonl")[1:]
-    res = common.read_json(tmp_path / "p" / "results.json")
+    rows = jsonfiles.read_jsonl(tmp_path / "p" / "responses-policy.jsonl")[1:]
+    res = jsonfiles.read_json(tmp_path / "p" / "results.json")
     assert len(rows) == len({r["row"] for r in rows}) == res["prompts"] == 11
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from guard import prompts
 from guard.adapters import PKU_SAFERLHF_CATEGORIES, NeedsChatTemplate, load_preferences
+from guard.jsonfiles import write_jsonl
 from guard.prompts import PROMPT_SCHEMAS, PromptSet, load_prompts
-from guard.train.common import write_jsonl
+
 from dataset_fixtures import FIXTURES, A, H, _offline_and_private_cache, template  # noqa: F401 (autouse)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from guard import stereotypes
+from guard.jsonfiles import write_jsonl
 from guard.stereotypes import (
     BENCHMARKS,
     CROWS_PAIRS_BIAS_TYPES,
@@ -19,7 +20,7 @@ from guard.stereotypes import (
     StereotypePairs,
     load_stereotype_pairs,
 )
-from guard.train.common import write_jsonl
+
 from dataset_fixtures import FIXTURES, _offline_and_private_cache  # noqa: F401 (autouse)
 
 CROWS_CSV = FIXTURES / "crows_pairs_anonymized.csv"

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from guard import distributed, models
+from guard import distributed, jsonfiles, models
+from guard.jsonfiles import write_jsonl
 from guard.rollout import GenerationSettings, RewardScorer, assemble, generate
-from guard.train import common, ppo
+from guard.train import ppo
 from guard.train.__main__ import main as train_main
-from guard.train.common import write_jsonl
+
 from recipe_runs import kill_after_checkpoint, run_recipe, run_torchrun
 
 TOKENIZER = str(models.TINY_TOKENIZER)
@@ -62,7 +63,7 @@ def ppo_args(setup, out: Path, *extra: str) -> list[str]:
 
 def train(setup, out: Path, *extra: str) -> list[dict]:
     assert train_main(["ppo", *ppo_args(setup, out, *extra)]) == 0
-    return common.read_jsonl(out / "metrics.jsonl")
+    return jsonfiles.read_jsonl(out / "metrics.jsonl")
 
 
 def series(rows: list[dict], key: str) -> np.ndarray:
@@ -85,7 +86,7 @@ def test_ppo_raises_the_mean_score_while_the_kl_stays_bounded(learning_run):
     # (12·log(1/p_ref("safe")) ≈ 60 nats), and no longer growing at the end.
     assert kl.max() < 25.0
     assert kl[-5:].mean() < 2.0 * kl[-15:-10].mean() + 1.0
-    summary = common.read_json(out / "summary.json")
+    summary = jsonfiles.read_json(out / "summary.json")
     assert summary["score_policy"] > summary["score_reference"] + 2.0  # on held-out prompts, same seeds
 
 
@@ -123,7 +124,7 @@ def test_the_adaptive_kl_controller_follows_its_rule(setup, tmp_path):
         error = min(max(kl[t] / 0.05 - 1.0, -0.2), 0.2)
         assert coef[t + 1] == pytest.approx(coef[t] * (1.0 + error * 32 / 32), rel=1e-12)
     assert coef[-1] > coef[0] * 1.2 ** 3
-    assert common.read_json(tmp_path / "adaptive" / "summary.json")["kl_coef"] == pytest.approx(
+    assert jsonfiles.read_json(tmp_path / "adaptive" / "summary.json")["kl_coef"] == pytest.approx(
         coef[-1] * (1.0 + min(max(kl[-1] / 0.05 - 1.0, -0.2), 0.2)), rel=1e-12)
 
 
@@ -245,8 +246,8 @@ def test_a_run_writes_its_files_and_report(learning_run):
                 "time/generation_s", "time/training_s", "rnd_loss", "approx_kl", "lr"):
         assert all(r[key] is not None and np.isfinite(r[key]) for r in rows), key
     assert [r["step"] for r in rows] == list(range(1, 31))
-    samples = common.read_jsonl(out / "samples.jsonl")
-    summary = common.read_json(out / "summary.json")
+    samples = jsonfiles.read_jsonl(out / "samples.jsonl")
+    summary = jsonfiles.read_json(out / "summary.json")
     assert len(samples) == summary["held_out_prompts"] == 16
     assert summary["score_policy"] == pytest.approx(np.mean([s["policy_score"] for s in samples]))
     assert set(summary["categories"]) == {"helpful", "harmless"}
@@ -270,12 +271,12 @@ def test_resume_after_a_kill_gives_the_uninterrupted_metrics(setup, tmp_path):
 
     def compared(run_dir):
         return [{k: v for k, v in r.items() if not k.startswith(TIMINGS)}
-                for r in common.read_jsonl(run_dir / "metrics.jsonl")]
+                for r in jsonfiles.read_jsonl(run_dir / "metrics.jsonl")]
 
     assert compared(killed) == compared(full)
-    assert common.read_jsonl(killed / "metrics.jsonl")[:len(before)] == before  # kept as written
+    assert jsonfiles.read_jsonl(killed / "metrics.jsonl")[:len(before)] == before  # kept as written
     assert len({r["kl_coef"] for r in compared(full)}) > 3
-    assert common.read_jsonl(killed / "samples.jsonl") == common.read_jsonl(full / "samples.jsonl")
+    assert jsonfiles.read_jsonl(killed / "samples.jsonl") == jsonfiles.read_jsonl(full / "samples.jsonl")
 
 
 @pytest.mark.slow
@@ -284,9 +285,9 @@ def test_torchrun_with_two_gloo_processes(setup, tmp_path):
     its first update has KL 0 and every held-out prompt is answered once."""
     out = tmp_path / "double"
     run_torchrun("ppo", ppo_args(setup, out, "--max-steps", "2", "--lr", "5e-3"))
-    rows = common.read_jsonl(out / "metrics.jsonl")
+    rows = jsonfiles.read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["kl"] == 0.0
-    assert len(common.read_jsonl(out / "samples.jsonl")) == 16
+    assert len(jsonfiles.read_jsonl(out / "samples.jsonl")) == 16
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -298,9 +299,9 @@ def test_torchrun_with_two_gloo_processes(setup, tmp_path):
     (["--reward-model", "/no/such/rm"], "model not found: /no/such/rm"),
     (["--minibatch-size", "5"], "must be a multiple of --minibatch-size 5"),
     (["--stop-token", "notatoken"], "--stop-token 'notatoken' is not one token"),
-    (["--gamma", "1.5"], "--gamma and --lam must be in [0, 1]"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1], got 1.5"),
     (["--batch-size", "64"], "--batch-size 64 is larger than the 48 training prompts"),
-    (["--kl-coef", "-1"], "must be non-negative"),
+    (["--kl-coef", "-1"], "--kl-coef must be >= 0, got -1"),
 ])
 def test_bad_options_end_in_one_error_line(setup, tmp_path, capsys, extra, message):
     assert train_main(["ppo", *ppo_args(setup, tmp_path / "bad"), *extra]) == 2

@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from guard import audit, models
-from guard.train import common, pref
-from guard.train.common import write_jsonl
+from guard import audit, jsonfiles, models
+from guard.jsonfiles import write_jsonl
+from guard.train import inputs, loop, options, pref, session
 from guard.train.__main__ import main as train_main
+
 from pref_data import FAST
 
+
 def metrics(run_dir: Path) -> list[dict]:
-    return common.read_jsonl(run_dir / "metrics.jsonl")
+    return jsonfiles.read_jsonl(run_dir / "metrics.jsonl")
 
 
 def mean(rows: list[dict], key: str) -> float:
@@ -289,8 +291,8 @@ def test_spo_round_two_reads_the_kappa_weighted_log_ratios_of_round_one_from_the
     assert set(base) == {"train-1", "train-2", "eval-1", "eval-2"} and set(after) == {"train-2", "eval-1", "eval-2"}
 
     # The cache holds what the saved models give: round 1's model scored afresh on round 2's training pairs.
-    data = common.load_train_eval(pref.parse_config(["--data", str(two_dimensions), "--dimensions", "second",
-                                                     *FAST]), *common.model_tokenizer("tiny", str(models.TINY_TOKENIZER))[1:])
+    data = inputs.load_train_eval(pref.parse_config(["--data", str(two_dimensions), "--dimensions", "second",
+                                                     *FAST]), *inputs.model_tokenizer("tiny", str(models.TINY_TOKENIZER))[1:])
     hf_tok = models.load_tokenizer(str(models.TINY_TOKENIZER))[0]
     from guard import distributed
 
@@ -303,7 +305,7 @@ def test_spo_round_two_reads_the_kappa_weighted_log_ratios_of_round_one_from_the
     # Round 2 starts from round 1's model with a fresh (identity) adapter, so its first loss is SPO eq. 5 with
     # Δ_2 = 0: mean over the first batch of -logσ(-α·β·Δ_1), Δ_1 round 1's log-ratio margin from the cache.
     lr1 = after["train-2"] - base["train-2"]
-    rows = common.epoch_order(lr1.shape[1], 0, 0)[:48]
+    rows = loop.epoch_order(lr1.shape[1], 0, 0)[:48]
     delta1 = lr1[0, rows] - lr1[1, rows]
     expected = float(np.mean(np.logaddexp(0.0, 0.3 * 0.5 * delta1)))
     assert abs(delta1).mean() > 1.0  # round 1 moved these pairs, so the κ term matters
@@ -381,7 +383,7 @@ def test_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for name in pref.PrefConfig.__dataclass_fields__:
         assert f"--{name.replace('_', '-')}" in text, name
-    for preset in pref.PRESETS:
+    for preset in options.PRESETS:
         assert preset in text
 
 
@@ -405,5 +407,5 @@ def test_spo_rounds_on_pku_saferlhf_schema_data(tmp_path):
                        "--dimensions", "harmless,helpful", "--max-steps", "2", "--eval-fraction", "0.25"]) == 0
     table = spo_table(out)
     assert [r["trained"] for r in table] == ["-", "harmless", "helpful"]
-    summary = common.read_json(out / "round-1-harmless" / "summary.json")
+    summary = jsonfiles.read_json(out / "round-1-harmless" / "summary.json")
     assert summary["n_pairs"] == 12 and set(summary["categories"]) <= set(PKU_SAFERLHF_CATEGORIES)

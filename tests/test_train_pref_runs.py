@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guard import audit, models
-from guard.train import common
+from guard import audit, jsonfiles, models
 from pref_data import FAST
 from recipe_runs import kill_after_checkpoint, run_recipe, run_torchrun
 
@@ -31,7 +30,7 @@ def run_pref(args: list[str]) -> None:
 
 
 def metrics(run_dir: Path, drop=("tokens_per_s",)) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in drop} for row in common.read_jsonl(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in row.items() if k not in drop} for row in jsonfiles.read_jsonl(run_dir / "metrics.jsonl")]
 
 
 @pytest.mark.slow
@@ -84,7 +83,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_metrics(tmp_path, synthetic
     before = kill_after_checkpoint("pref", [*args, "--output-dir", str(killed)], killed, 3)
     assert not (killed / "summary.json").exists() and not (killed / "rewards.jsonl").exists()
     run_pref([*args, "--output-dir", str(killed), "--resume"])
-    assert common.read_jsonl(killed / "metrics.jsonl")[:len(before)] == before  # continued, not restarted
+    assert jsonfiles.read_jsonl(killed / "metrics.jsonl")[:len(before)] == before  # continued, not restarted
 
     assert [r["step"] for r in metrics(full)] == list(range(1, 13))
     assert metrics(killed) == metrics(full)
@@ -120,7 +119,7 @@ def test_spo_resume_after_a_kill_in_round_two_gives_the_uninterrupted_results(tm
     run_pref([*args, "--output-dir", str(killed), "--resume"])
     # round 1 was not trained again, round 2 continued from its checkpoint
     assert (killed / round1 / "metrics.jsonl").read_text() == round1_log
-    assert common.read_jsonl(killed / round2 / "metrics.jsonl")[:len(before)] == before
+    assert jsonfiles.read_jsonl(killed / round2 / "metrics.jsonl")[:len(before)] == before
 
     assert (killed / "spo.csv").read_text() == (full / "spo.csv").read_text()
     for name in (round1, round2):

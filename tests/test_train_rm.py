@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from guard import audit, models
-from guard.train import common, rm
+from guard import audit, jsonfiles, models
+from guard.jsonfiles import write_jsonl
+from guard.train import options, rm
 from guard.train.__main__ import main as train_main
-from guard.train.common import write_jsonl
+
 import recipe_runs
 from recipe_runs import kill_after_checkpoint, run_torchrun
 
@@ -26,7 +27,7 @@ FAST = ["--model", "tiny", "--tokenizer", str(models.TINY_TOKENIZER), "--max-len
 
 @pytest.fixture(scope="module")
 def sample_rows() -> list[dict]:
-    return common.read_jsonl(ASSETS / "sample_pairs.jsonl")
+    return jsonfiles.read_jsonl(ASSETS / "sample_pairs.jsonl")
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def run_rm(args: list[str], env_extra: dict | None = None, **kwargs) -> subproce
 
 
 def losses(run_dir: Path, keys=("loss", "bt_loss", "adv_loss", "accuracy", "lr")) -> list[dict]:
-    return [{k: row[k] for k in ("step", *keys)} for row in common.read_jsonl(run_dir / "metrics.jsonl")]
+    return [{k: row[k] for k in ("step", *keys)} for row in jsonfiles.read_jsonl(run_dir / "metrics.jsonl")]
 
 
 def test_a_run_writes_config_metrics_checkpoints_model_rewards_and_report(tmp_path, small_data):
@@ -51,7 +52,7 @@ def test_a_run_writes_config_metrics_checkpoints_model_rewards_and_report(tmp_pa
     for name in ("config.yaml", "metrics.jsonl", "rewards.jsonl", "report.md", "summary.json",
                  "rewards_by_category.png", "chosen_vs_rejected.png", "training_curves.png"):
         assert (out / name).is_file(), name
-    metrics = common.read_jsonl(out / "metrics.jsonl")
+    metrics = jsonfiles.read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert set(metrics[0]) >= {"step", "loss", "bt_loss", "adv_loss", "accuracy", "lr", "tokens_per_s"}
     assert all(np.isfinite(m["loss"]) and m["tokens_per_s"] > 0 for m in metrics)
@@ -101,7 +102,7 @@ def test_lambda_sweep_writes_one_row_per_lambda(tmp_path, small_data, capsys):
         for key in ("bt_loss", "accuracy", "binned_mi", "ks"):
             assert float(r[key]) == pytest.approx(summary[key])
     # same data order and initial weights for every λ: the first step's BT loss is the same
-    first = [common.read_jsonl(out / f"lambda-{lam}" / "metrics.jsonl")[0]["bt_loss"] for lam in ("0", "0.2", "0.8")]
+    first = [jsonfiles.read_jsonl(out / f"lambda-{lam}" / "metrics.jsonl")[0]["bt_loss"] for lam in ("0", "0.2", "0.8")]
     assert first[0] == pytest.approx(first[1]) == pytest.approx(first[2])
     assert "sweep.csv" not in capsys.readouterr().err
 
@@ -170,7 +171,7 @@ def test_margin_column_enters_the_loss(tmp_path, sample_rows):
     assert train_main([*base, "--output-dir", str(without)]) == 0
     # the same first batch and weights: BT loss with margin m is larger (-logσ(Δ - 2) > -logσ(Δ))
     assert losses(with_margin)[0]["bt_loss"] > losses(without)[0]["bt_loss"] + 0.5
-    assert common.run_cli(rm.main, [*base[1:], "--output-dir", str(tmp_path / "x"), "--margin-column", "nope"]) == 2
+    assert options.run_cli(rm.main, [*base[1:], "--output-dir", str(tmp_path / "x"), "--margin-column", "nope"]) == 2
 
 
 def test_help_documents_every_option():
@@ -206,7 +207,7 @@ def test_bad_data_ends_with_a_clear_error(tmp_path, sample_rows, case, capsys):
     make, pattern = BAD_INPUTS[case]
     data = tmp_path / "bad.jsonl"
     make(data, sample_rows)
-    code = common.run_cli(rm.main, ["--data", str(data), "--output-dir", str(tmp_path / "o"), *FAST])
+    code = options.run_cli(rm.main, ["--data", str(data), "--output-dir", str(tmp_path / "o"), *FAST])
     err = capsys.readouterr().err
     assert code == 2 and re.search(pattern, err, flags=re.I), err
     last = err.strip().splitlines()[-1]
@@ -215,18 +216,18 @@ def test_bad_data_ends_with_a_clear_error(tmp_path, sample_rows, case, capsys):
 
 def test_unknown_category_and_missing_model_end_with_a_clear_error(tmp_path, small_data, sample_rows, capsys):
     out = str(tmp_path / "o")
-    code = common.run_cli(rm.main, ["--data", str(small_data), "--output-dir", out, "--categories", "helpful", *FAST])
+    code = options.run_cli(rm.main, ["--data", str(small_data), "--output-dir", out, "--categories", "helpful", *FAST])
     err = capsys.readouterr().err
     assert code == 2 and re.search(r"row \d+: unknown category 'harmless'", err), err
     odd = write_jsonl(tmp_path / "eval.jsonl", [{**sample_rows[0], "category": "medical"}] + sample_rows[1:10])
-    code = common.run_cli(rm.main, ["--data", str(small_data), "--eval-data", str(odd), "--output-dir", out, *FAST])
+    code = options.run_cli(rm.main, ["--data", str(small_data), "--eval-data", str(odd), "--output-dir", out, *FAST])
     err = capsys.readouterr().err
     assert code == 2 and "eval data" in err and "unknown category 'medical'" in err, err
-    code = common.run_cli(rm.main, ["--data", str(small_data), "--output-dir", out,
+    code = options.run_cli(rm.main, ["--data", str(small_data), "--output-dir", out,
                                     *FAST[:0], "--model", str(tmp_path / "no-such-model")])
     err = capsys.readouterr().err
     assert code == 2 and "model not found" in err, err
-    code = common.run_cli(rm.main, ["--data", str(tmp_path / "nope.jsonl"), "--output-dir", out, *FAST])
+    code = options.run_cli(rm.main, ["--data", str(tmp_path / "nope.jsonl"), "--output-dir", out, *FAST])
     assert code == 2 and "not found" in capsys.readouterr().err
 
 
@@ -247,7 +248,7 @@ def test_moments_adversary_with_three_categories_and_absent_ones(tmp_path, sampl
     out = tmp_path / "run"
     assert train_main(["rm", "--data", str(data), "--output-dir", str(out), "--max-steps", "6",
                        "--adversary", "moments", "--adv-objective", "entropy", *FAST]) == 0
-    metrics = common.read_jsonl(out / "metrics.jsonl")
+    metrics = jsonfiles.read_jsonl(out / "metrics.jsonl")
     assert all(np.isfinite(m["adv_loss"]) and np.isfinite(m["loss"]) for m in metrics)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["categories"]) <= {"harmless", "helpful", "privacy"} and len(summary["worst_pair"]) == 2

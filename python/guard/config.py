@@ -14,9 +14,10 @@
 
 Field types: int, float, str, bool (``--flag`` / ``--no-flag``), ``X | None`` (``none`` on the command line,
 ``null`` in yaml), ``list[int|float|str]`` (comma separated on the command line; a yaml list, a comma
-separated string or a single value in yaml) and ``Literal[...]`` or ``choices=``. A bad value on the command
-line is an argparse error (usage + message, exit 2); a bad yaml file, key or value is a :class:`ConfigError`
-naming the file, the key and the expected type.
+separated string or a single value in yaml) and ``Literal[...]`` or ``choices=`` (``aliases=`` maps other
+spellings to a choice). Numbers carry their ``domain`` (``"> 0"``, ``">= 0"``, ``"[0, 1)"``, ``"any"``) and
+must be finite. A bad value on the command line is one ``error:`` line plus a hint (exit 2); a bad yaml file,
+key or value, or a value outside its domain, is a :class:`ConfigError` naming the flag (and the file).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import difflib
+import math
 import os
+import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -33,7 +38,8 @@ from typing import Any, Callable, Literal, Mapping, Union
 import yaml
 
 __all__ = [
-    "ConfigError", "UNSET", "option", "add_arguments", "build_config", "config_to_dict", "save_config", "load_config",
+    "ArgumentParser", "ConfigError", "Domain", "UNSET", "option", "add_arguments", "build_config", "config_to_dict",
+    "flag_name", "given_fields", "save_config", "load_config",
 ]
 
 
@@ -51,13 +57,61 @@ class _Unset:
 UNSET = _Unset()
 
 
-def option(default: Any, help: str, *, choices: typing.Iterable[Any] | None = None) -> Any:
-    """A dataclass field with its help text (and allowed values). Mutable defaults (lists, dicts, sets) are
-    copied for each instance through a ``default_factory``."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None}
+def option(default: Any, help: str, *, choices: typing.Iterable[Any] | None = None, domain: str | None = None,
+           aliases: Mapping[str, Any] | None = None, required: bool = False) -> Any:
+    """A dataclass field with its help text, and for numbers the `domain` of allowed values (see Domain; every
+    number must also be finite), for strings the allowed `choices` and `aliases` (another spelling -> a choice),
+    `required` for a value the run cannot go without. Mutable defaults (lists, dicts, sets) are copied for each
+    instance through a ``default_factory``."""
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
+                "domain": Domain.parse(domain) if domain is not None else None,
+                "aliases": dict(aliases or {}), "required": required}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """The values a number may take, always finite: ``"any"``, a bound (``"> 0"``, ``">= 1"``, ``"<= 1"``) or an
+    interval (``"[0, 1)"``, ``"(0, 1]"``: a square bracket allows the end itself)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_closed: bool = False
+    high_closed: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Domain:
+        spec = text.replace(" ", "")
+        number = r"(-?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|inf)"
+        if spec == "any":
+            return cls()
+        if m := re.fullmatch(r"(>=|>)" + number, spec):
+            return cls(low=float(m.group(2)), low_closed=m.group(1) == ">=")
+        if m := re.fullmatch(r"(<=|<)" + number, spec):
+            return cls(high=float(m.group(2)), high_closed=m.group(1) == "<=")
+        if m := re.fullmatch(r"([\[(])" + number + "," + number + r"([\])])", spec):
+            return cls(float(m.group(2)), float(m.group(3)), m.group(1) == "[", m.group(4) == "]")
+        raise ValueError(f"bad domain {text!r}: expected 'any', '> 0', '>= 1', '<= 1' or an interval like '[0, 1)'")
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return math.isfinite(value) and above and below
+
+    def describe(self) -> str:
+        """What a value must be, as an error message says it: "> 0", "in [0, 1)", "a finite number"."""
+        def show(x: float) -> str:
+            return f"{x:g}"
+
+        if self.low == -math.inf and self.high == math.inf:
+            return "a finite number"
+        if self.high == math.inf:
+            return f"{'>=' if self.low_closed else '>'} {show(self.low)}"
+        if self.low == -math.inf:
+            return f"{'<=' if self.high_closed else '<'} {show(self.high)}"
+        return f"in {'[' if self.low_closed else '('}{show(self.low)}, {show(self.high)}{']' if self.high_closed else ')'}"
 
 
 # --------------------------------------------------------------------------------------------- field types
@@ -75,6 +129,7 @@ class _Kind:
     is_list: bool
     optional: bool
     choices: tuple | None
+    aliases: tuple = ()  # (other spelling, choice) pairs
 
     def describe(self) -> str:
         """What a valid yaml value is, for error messages."""
@@ -110,7 +165,8 @@ def _kind(cls: type, f: dataclasses.Field, hints: dict) -> _Kind:
         tp = type(values[0])
     if tp not in (int, float, str, bool) or (is_list and tp is bool):
         raise TypeError(f"{cls.__name__}.{f.name}: unsupported config field type {hints[f.name]}")
-    return _Kind(tp, is_list, optional, tuple(choices) if choices is not None else None)
+    aliases = tuple((f.metadata.get("aliases") or {}).items())
+    return _Kind(tp, is_list, optional, tuple(choices) if choices is not None else None, aliases)
 
 
 def _fields(cls: type) -> list[tuple[dataclasses.Field, _Kind]]:
@@ -145,6 +201,7 @@ def _scalar_from_text(text: str, kind: _Kind) -> Any:
             raise ValueError(f"expected a number, got {text!r}") from None
     else:
         value = text.strip() if kind.is_list else text
+        value = dict(kind.aliases).get(value, value)
     if kind.choices is not None and value not in kind.choices:
         raise ValueError(f"invalid choice {text!r} (choose from {', '.join(map(str, kind.choices))})")
     return value
@@ -160,9 +217,16 @@ def _from_text(text: str, kind: _Kind) -> Any:
 
 def _check_scalar(value: Any, kind: _Kind) -> Any:
     """A yaml value of the field's scalar type, or ValueError. ints are accepted for floats."""
+    if isinstance(value, str) and kind.base is str:
+        value = dict(kind.aliases).get(value, value)
     if kind.base is bool:
         ok = isinstance(value, bool)
     elif kind.base is float:
+        if isinstance(value, str):  # yaml 1.1 reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError from None
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     else:  # bool is an int subclass, and `epochs: true` is a mistake
         ok = isinstance(value, kind.base) and not isinstance(value, bool)
@@ -227,6 +291,21 @@ def _metavar(kind: _Kind) -> str:
     return f"{one}[,{one}...]" if kind.is_list else one
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with guard's error style: one ``error:`` line (with the closest flag for a misspelt one) and a
+    hint where the full help is, instead of the whole usage block; exit status 2."""
+
+    def error(self, message: str):
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            flags = [o for action in self._actions for o in action.option_strings]
+            first = unknown.group(1).split()[0]
+            close = difflib.get_close_matches(first.split("=")[0], flags, n=1)
+            message = f"unknown option {first}" + (f" (did you mean {close[0]}?)" if close else "")
+        sys.stderr.write(f"error: {message}\n(`{self.prog} --help` lists every option)\n")
+        sys.exit(2)
+
+
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
     """One ``--kebab-case`` flag per field of the dataclass ``cls``, with its help text and default.
     Every flag's argparse default is :data:`UNSET`, so :func:`build_config` applies only flags given."""
@@ -234,7 +313,9 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         flag = "--" + f.name.replace("_", "-")
         default = _default(f)
         help_text = f.metadata.get("help", "")
-        if default is not UNSET:
+        if f.metadata.get("required"):
+            help_text += " (required)"
+        elif default is not UNSET and "default:" not in help_text:  # a help text may say its default in words
             help_text += f" (default: {_show(default)})"
         # argparse %-formats help strings. The empty "%(default).0s" stops ArgumentDefaultsHelpFormatter from
         # appending "(default: <unset>)": the default shown is the field's, already in the text.
@@ -281,18 +362,49 @@ def _read_yaml(cls: type, path: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_config(cls: type, namespace: argparse.Namespace | None = None,
-                 yaml_path: str | os.PathLike | None = None, preset: Mapping[str, Any] | None = None):
-    """An instance of ``cls``: field defaults, overridden by ``preset`` (a named set of values, e.g. a
-    paper's settings), by the yaml file, then by the flags actually given on the command line (attributes
-    of ``namespace`` that are not :data:`UNSET`)."""
-    values = dict(preset or {})
-    values.update(_read_yaml(cls, yaml_path) if yaml_path is not None else {})
+                 yaml_path: str | os.PathLike | None = None, preset: Mapping[str, Any] | None = None,
+                 defaults: Mapping[str, Any] | None = None):
+    """An instance of ``cls``: field defaults, overridden by ``defaults`` (e.g. a model preset's own), then by
+    ``preset`` (a named set of values, e.g. a paper's settings), by the yaml file, then by the flags actually
+    given on the command line (attributes of ``namespace`` that are not :data:`UNSET`). Every number is checked
+    against its field's domain: a ConfigError names the flag and where the value came from."""
+    values, origin = {}, {}
+    layers = [(defaults, None), (preset, "the preset"),
+              (_read_yaml(cls, yaml_path) if yaml_path is not None else None, str(yaml_path))]
+    for layer, where in layers:
+        for name, value in (layer or {}).items():
+            values[name], origin[name] = value, where
     if namespace is not None:
         for f, _ in _fields(cls):
             given = getattr(namespace, f.name, UNSET)
             if given is not UNSET:
-                values[f.name] = given
+                values[f.name], origin[f.name] = given, None
+    for f, kind in _fields(cls):
+        domain = f.metadata.get("domain")
+        value = values.get(f.name, _default(f))
+        if domain is None or value is None or kind.base not in (int, float):
+            continue
+        for item in value if kind.is_list else [value]:
+            if item not in domain:
+                where = f" (in {origin[f.name]})" if origin.get(f.name) else ""
+                raise ConfigError(f"{flag_name(f.name)} must be {domain.describe()}, got {_show(item)}{where}")
     return cls(**values)
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a config field: lambda_adv -> --lambda-adv."""
+    return "--" + field_name.replace("_", "-")
+
+
+def given_fields(cls: type, namespace: argparse.Namespace | None, yaml_path: str | os.PathLike | None = None,
+                 preset: Mapping[str, Any] | None = None) -> set[str]:
+    """The fields a user set: a flag given, a yaml key or a preset's value."""
+    given = set(preset or ())
+    if yaml_path is not None:
+        given |= set(_read_yaml(cls, yaml_path))
+    if namespace is not None:
+        given |= {f.name for f, _ in _fields(cls) if getattr(namespace, f.name, UNSET) is not UNSET}
+    return given
 
 
 def config_to_dict(cfg) -> dict[str, Any]:

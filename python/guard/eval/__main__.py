@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from guard.train.common import run_cli
+from guard.train.options import run_cli
 
 SUBCOMMANDS = ("rewards", "parity", "diversity", "bias")
 

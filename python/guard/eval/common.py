@@ -20,9 +20,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from guard import jsonfiles
 from guard.config import ConfigError, option
 from guard.report import Report, format_table
-from guard.train import common
+from guard.train import inputs, options
 
 
 @dataclass
@@ -40,7 +41,7 @@ class EvalOptions:
 
 
 def parse_config(cls: type, argv: list[str] | None, prog: str, doc: str):
-    return common.parse_config(cls, argv, prog, doc.split("\n\n")[0])
+    return options.parse_config(cls, argv, prog, doc.split("\n\n")[0])
 
 
 @contextlib.contextmanager
@@ -74,7 +75,7 @@ def finish(out: Path, dist, results: dict, report: Report, table: Sequence[dict]
     """results.json and report.md in `out`, and the compact table on stdout (main process)."""
     if not dist.is_main:
         return
-    common.write_json(out / "results.json", results)
+    jsonfiles.write_json(out / "results.json", results)
     report.write(out / "report.md")
     print(format_table(list(table)))
     print(f"results: {out / 'results.json'}")
@@ -102,10 +103,10 @@ def distinct_labels(paths: Sequence[str], roles: Sequence[str]) -> list[str]:
 def load_reward_model(path: str, cfg: EvalOptions, dist, autocast: bool, tokenizers=None):
     """(model, hf tokenizer, guard tokenizer, EOS id to append) of a sequence-classification reward model
     directory (the rm recipe's OUTPUT_DIR/model) or hub name; sharded with FSDP2 under torchrun.
-    `tokenizers`: what train.common.model_tokenizer(path, None) gave, when the caller has them already."""
+    `tokenizers`: what train.inputs.model_tokenizer(path, None) gave, when the caller has them already."""
     from guard import distributed, models
 
-    hf_tok, tok, eos = tokenizers or common.model_tokenizer(path, None)
+    hf_tok, tok, eos = tokenizers or inputs.model_tokenizer(path, None)
     model = models.load_reward_model(path, vocab_size=len(hf_tok), pad_token_id=hf_tok.pad_token_id,
                                      device=dist.device, trust_remote_code=cfg.trust_remote_code)
     model = distributed.shard_model(model.eval().requires_grad_(False), dist,
@@ -120,7 +121,7 @@ def score_preferences(path: str, pairs, cmap, cfg: EvalOptions, dist, autocast: 
     from guard.train import rm
 
     model, hf_tok, tok, eos = load_reward_model(path, cfg, dist, autocast, tokenizers)
-    data = common.tokenize_pairs(pairs, tok, cmap, max_length=max_length, max_prompt_length=max_prompt_length,
+    data = inputs.tokenize_pairs(pairs, tok, cmap, max_length=max_length, max_prompt_length=max_prompt_length,
                                  eos_token_id=eos, what=what)
     chosen, rejected = rm.score_pairs(model, data, cfg.batch_size, hf_tok.pad_token_id, dist, autocast)
     return data, chosen, rejected
@@ -158,7 +159,7 @@ def sample_prompts(prompts, cmap, *, num_prompts: int | None, per_category: int 
     n = len(prompts)
     rng = np.random.default_rng([seed, 0x5A3D])
     if per_category is not None:
-        ids = common.categories_of(prompts, cmap, "prompts")
+        ids = inputs.categories_of(prompts, cmap, "prompts")
         chosen = []
         for c, name in enumerate(cmap.names):
             members = np.flatnonzero(ids == c)
@@ -191,15 +192,15 @@ def answer_prompts(policy: str, prompts, cmap, rows: np.ndarray, settings_kwargs
     fingerprint = settings_fingerprint(policy, scorer_path, settings_kwargs, cfg.seed, rows.tolist(),
                                        max_prompt_length)
     if cfg.resume and path.exists():
-        saved = common.read_jsonl(path)
+        saved = jsonfiles.read_jsonl(path)
         if saved and saved[0].get("fingerprint") == fingerprint:
             head, body = saved[0], saved[1:]
             scores = None if scorer_path is None else np.asarray([r["score"] for r in body], dtype=np.float64)
             return Answers(np.asarray([r["row"] for r in body], dtype=np.int64), [r["response"] for r in body],
                            [r["ended"] for r in body], [r["tokens"] for r in body], scores, head["set_aside"])
 
-    hf_tok, tok, _ = common.model_tokenizer(policy, None)
-    encoded = common.tokenize_prompts(prompts.select(rows), tok, cmap, max_prompt_length, f"prompts for {policy}")
+    hf_tok, tok, _ = inputs.model_tokenizer(policy, None)
+    encoded = inputs.tokenize_prompts(prompts.select(rows), tok, cmap, max_prompt_length, f"prompts for {policy}")
     if hf_tok.eos_token_id is None:
         raise ConfigError(f"the tokenizer of {policy} has no EOS token to end responses with")
     settings = GenerationSettings(stop_token_ids=(hf_tok.eos_token_id,), **settings_kwargs)
@@ -221,7 +222,7 @@ def answer_prompts(policy: str, prompts, cmap, rows: np.ndarray, settings_kwargs
     del model, scorer
     if dist.is_main:
         head = {"fingerprint": fingerprint, "policy": policy, "scorer": scorer_path, "set_aside": answers.set_aside}
-        common.write_jsonl(path, [head, *answers.to_rows()])
+        jsonfiles.write_jsonl(path, [head, *answers.to_rows()])
     return answers
 
 

@@ -27,7 +27,7 @@ from guard.config import ConfigError, option
 from guard.eval import common
 from guard.prompts import PROMPT_SCHEMAS
 from guard.report import Report
-from guard.train import common as train_common
+from guard.train import inputs, options, session
 
 
 @dataclass
@@ -89,12 +89,12 @@ def load_prompts(cfg: PromptOptions):
     for path in (cfg.policy, cfg.baseline_policy):
         if path:
             models.resolve_model(path)
-    hf_tok, _, _ = train_common.model_tokenizer(cfg.policy, None)
-    prompts = train_common.load_pair_set(cfg.prompts, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
-                                         chat_template=train_common.chat_template_source(hf_tok, cfg.chat_template),
+    hf_tok, _, _ = inputs.model_tokenizer(cfg.policy, None)
+    prompts = inputs.load_pair_set(cfg.prompts, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
+                                         chat_template=inputs.chat_template_source(hf_tok, cfg.chat_template),
                                          tokenizer_name=f"the tokenizer of {cfg.policy}", what="prompts",
                                          loader=load, items="prompts")
-    cmap = train_common.category_map(prompts, cfg.categories)
+    cmap = inputs.category_map(prompts, cfg.categories)
     rows = common.sample_prompts(prompts, cmap, num_prompts=cfg.num_prompts, per_category=cfg.per_category,
                                  seed=cfg.seed)
     return prompts, cmap, rows
@@ -147,7 +147,7 @@ def run(cfg: ParityConfig) -> dict:
             raise ConfigError(f"the parity gap needs prompts of at least two categories; {cfg.prompts} has "
                               f"{list(cmap.names)} (give it a category column)")
         labels, answers, kept = answer_all(cfg, prompts, cmap, rows, dist, autocast, out, scorer=cfg.scorer)
-        names = [prompts.categories[r] or train_common.NO_CATEGORY for r in kept]
+        names = [prompts.categories[r] or inputs.NO_CATEGORY for r in kept]
         if len(set(names)) < 2:
             raise ConfigError(f"the parity gap needs answers in at least two categories; the evaluated prompts "
                               f"are all {names[0]!r}")
@@ -191,7 +191,7 @@ def write_report(out, cfg: ParityConfig, labels, results_by, relative, prompts, 
     plots.category_bars(out / "category_means.png", series, "mean score by category (± standard error)", "score",
                         errors=errors)
     report.image("category_means.png", "mean score by category")
-    names = np.asarray([prompts.categories[r] or train_common.NO_CATEGORY for r in kept], dtype=object)
+    names = np.asarray([prompts.categories[r] or inputs.NO_CATEGORY for r in kept], dtype=object)
     for k, (label, a) in enumerate(zip(labels, answers)):
         file = f"scores_by_category_{k}.png"
         plots.reward_histograms(out / file, {c: a.scores[names == c] for c in dict.fromkeys(names)},
@@ -207,5 +207,5 @@ def write_report(out, cfg: ParityConfig, labels, results_by, relative, prompts, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(common.parse_config(ParityConfig, argv, "python -m guard.eval parity", __doc__))
+    run(options.parse_config(ParityConfig, argv, "python -m guard.eval parity", __doc__))
     return 0

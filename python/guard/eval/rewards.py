@@ -33,7 +33,7 @@ from guard.adapters import SCHEMAS
 from guard.config import ConfigError, option
 from guard.eval import common
 from guard.report import Report
-from guard.train import common as train_common
+from guard.train import inputs, options, session
 
 
 @dataclass
@@ -94,11 +94,11 @@ def read_rewards(path: str) -> Rewards:
 
 def score_data(cfg: RewardsConfig, path: str, dist, autocast: bool) -> Rewards:
     """The reward model at `path` on --data (tokenized with its own tokenizer)."""
-    tokenizers = train_common.model_tokenizer(path, None)  # a missing model fails here, before the data
-    pairs = train_common.load_pair_set(cfg.data, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
-                                       chat_template=train_common.chat_template_source(tokenizers[0], cfg.chat_template),
+    tokenizers = inputs.model_tokenizer(path, None)  # a missing model fails here, before the data
+    pairs = inputs.load_pair_set(cfg.data, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
+                                       chat_template=inputs.chat_template_source(tokenizers[0], cfg.chat_template),
                                        tokenizer_name=f"the tokenizer of {path}")
-    cmap = train_common.category_map(pairs, cfg.categories)
+    cmap = inputs.category_map(pairs, cfg.categories)
     data, chosen, rejected = common.score_preferences(path, pairs, cmap, cfg, dist, autocast, max_length=cfg.max_length,
                                                       max_prompt_length=cfg.max_prompt_length, what=f"data {cfg.data}",
                                                       tokenizers=tokenizers)
@@ -250,5 +250,5 @@ def run(cfg: RewardsConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(common.parse_config(RewardsConfig, argv, "python -m guard.eval rewards", __doc__))
+    run(options.parse_config(RewardsConfig, argv, "python -m guard.eval rewards", __doc__))
     return 0

@@ -44,66 +44,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guard import distributed, models, ops, rl
+from guard import distributed, jsonfiles, models, ops, rl
 from guard import data as gdata
-from guard.config import ConfigError, option
-from guard.prompts import PROMPT_SCHEMAS
+from guard.config import ConfigError
 from guard.report import Report, format_table
 from guard.rollout import GenerationSettings, RewardScorer, Rollout, answer, concat_rollouts, generate
-from guard.train import common
+from guard.train import inputs, loop, options, rundir, session
+from guard.train.options import PPOConfig
 from guard.train.pref import hidden_forward
-
-
-@dataclass
-class PPOConfig(common.TrainOptions):
-    data: str = option("", "prompts: a prompt-only .jsonl/.json/.parquet/.csv file (a prompt column, string or "
-                       "messages, optional category), any preference data (its distinct prompts), a folder or a hub name")
-    schema: str = option("auto", "data schema (auto: detected from the columns; prompt: prompt-only rows)",
-                         choices=PROMPT_SCHEMAS)
-    reward_model: str = option("", "the reward model: a directory the rm recipe wrote (OUTPUT_DIR/model) or any "
-                               "sequence-classification model with one output")
-    # rollouts
-    max_new_tokens: int = option(256, "longest response sampled")
-    temperature: float = option(0.7, "sampling temperature (the log-probs are those of this distribution)")
-    top_p: float = option(0.9, "nucleus sampling: keep the smallest set of tokens with this probability")
-    stop_token: str | None = option(None, "the token a response ends with (default: the tokenizer's EOS)")
-    missing_eos_penalty: float = option(1.0, "subtracted from the score of a response that reaches "
-                                        "--max-new-tokens without the stop token (0: no penalty)")
-    generation_batch_size: int = option(64, "prompts per generate call on each process")
-    # PPO
-    batch_size: int = option(512, "prompts (rollouts) per PPO update, over all processes")
-    minibatch_size: int = option(64, "rollouts per optimizer step, over all processes")
-    micro_batch_size: int | None = option(None, "rollouts per forward/backward on each process, the minibatch "
-                                          "share accumulated (default: the whole share)")
-    ppo_epochs: int = option(2, "passes over each batch of rollouts")
-    epochs: int = option(1, "passes over the prompts (--max-steps overrides)")
-    kl_coef: float = option(0.05, "β: the KL penalty's coefficient (initial value with --adaptive-kl)")
-    kl_estimator: str = option("k1", "per-token KL estimator: k1 = log π − log π_ref, k2 = ½(log ratio)², "
-                               "k3 = ratio − 1 − log ratio", choices=rl.KL_ESTIMATORS)
-    adaptive_kl: bool = option(True, "adapt β toward --kl-target (Ziegler et al.); --no-adaptive-kl: β fixed")
-    kl_target: float = option(6.0, "the adaptive controller's target: mean KL of a response (sum over its tokens)")
-    kl_horizon: int = option(10000, "the adaptive controller's horizon in rollouts")
-    gamma: float = option(1.0, "GAE discount γ")
-    lam: float = option(0.95, "GAE λ")
-    cliprange: float = option(0.2, "ε of the clipped policy ratio")
-    cliprange_value: float = option(0.2, "ε of the clipped value update")
-    vf_coef: float = option(0.1, "weight of the value loss")
-    entropy_coef: float = option(0.0, "weight of an entropy bonus (0: none)")
-    # curiosity (GUARD)
-    curiosity: float = option(0.05, "η_cur: scale of the RND curiosity bonus added to the score (0: off)")
-    rnd_hidden: int = option(512, "hidden and output width of the RND target and predictor MLPs")
-    rnd_lr: float = option(1e-4, "the RND predictor's learning rate (Adam)")
-    # defaults that differ from the other recipes'
-    lora: bool = option(True, "train LoRA adapters (reference: the adapter disabled); --no-lora: every weight, "
-                        "against a frozen copy")
-    lora_dropout: float = option(0.0, "LoRA dropout (keep 0: see the module docstring)")
-    lr: float = option(1.41e-5, "learning rate of the policy and the value head (AdamW)")
-    warmup_ratio: float = option(0.0, "share of the updates spent in linear warmup")
-    lr_schedule: str = option("constant", "decay after warmup", choices=("cosine", "linear", "constant"))
-    max_prompt_length: int | None = option(512, "keep at most the last N prompt tokens")
-    eval_batch_size: int = option(64, "rollouts per forward pass without gradients (experience, evaluation)")
-    log_every: int = option(1, "write metrics every N updates")
-    save_every: int = option(20, "checkpoint every N updates (0: only at the end)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -111,26 +59,26 @@ class PPOConfig(common.TrainOptions):
 
 
 def load_prompt_data(cfg: PPOConfig, tok: gdata.Tokenizer, chat_template
-                     ) -> tuple[common.PromptData, common.PromptData]:
+                     ) -> tuple[inputs.PromptData, inputs.PromptData]:
     """(training prompts, held-out prompts): --eval-data, or a fixed-seed --eval-fraction of --data."""
     from guard.prompts import load_prompts
 
     def load(source: str, what: str):
-        return common.load_pair_set(source, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
+        return inputs.load_pair_set(source, split=cfg.split, schema=cfg.schema, dimensions=cfg.dimensions,
                                     chat_template=chat_template, tokenizer_name=f"the tokenizer of {cfg.tokenizer or cfg.model}",
                                     what=what, loader=load_prompts, items="prompts")
 
     train_set = load(cfg.data, "data")
-    cmap = common.category_map(train_set, cfg.categories)
-    train = common.tokenize_prompts(train_set, tok, cmap, cfg.max_prompt_length, f"training prompts {cfg.data}")
+    cmap = inputs.category_map(train_set, cfg.categories)
+    train = inputs.tokenize_prompts(train_set, tok, cmap, cfg.max_prompt_length, f"training prompts {cfg.data}")
     if cfg.eval_data:
-        held_out = common.tokenize_prompts(load(cfg.eval_data, "eval_data"), tok, cmap, cfg.max_prompt_length,
+        held_out = inputs.tokenize_prompts(load(cfg.eval_data, "eval_data"), tok, cmap, cfg.max_prompt_length,
                                     f"eval prompts {cfg.eval_data}")
         set_aside = {f"train {k}": v for k, v in train.set_aside.items()}
         set_aside.update({f"eval {k}": v for k, v in held_out.set_aside.items()})
         train.set_aside = held_out.set_aside = set_aside
         return train, held_out
-    train_rows, eval_rows = common.holdout_split(len(train), cfg.eval_fraction, cfg.seed)
+    train_rows, eval_rows = inputs.holdout_split(len(train), cfg.eval_fraction, cfg.seed)
     return train.select(train_rows), train.select(eval_rows)
 
 
@@ -379,7 +327,7 @@ def ppo_epochs(cfg: PPOConfig, model, value_head, exp: Experience, opt: PPOOptim
 # Held-out prompts: the reference and the trained policy, same seeds
 
 
-def sample_held_out(cfg: PPOConfig, model, reference, scorer: RewardScorer, prompts: common.PromptData, settings,
+def sample_held_out(cfg: PPOConfig, model, reference, scorer: RewardScorer, prompts: inputs.PromptData, settings,
                     pad_id: int, dist, autocast: bool, *, adapter: bool) -> tuple[np.ndarray, list[dict]]:
     """(scores [n], rows of {response_ids, ended}) of every held-out prompt answered by the policy
     (adapter=False: the reference), with the same seed for both so the two see the same random numbers."""
@@ -390,7 +338,7 @@ def sample_held_out(cfg: PPOConfig, model, reference, scorer: RewardScorer, prom
                       seed=cfg.seed, prompts=prompts.texts, scorer=scorer, autocast=autocast)
 
 
-def evaluate(cfg: PPOConfig, model, reference, scorer, prompts: common.PromptData, settings, hf_tok, dist, autocast: bool,
+def evaluate(cfg: PPOConfig, model, reference, scorer, prompts: inputs.PromptData, settings, hf_tok, dist, autocast: bool,
              run_dir: Path) -> dict:
     """Held-out scores of the reference and the trained policy, by category, and samples.jsonl."""
     ref_scores, ref_samples = sample_held_out(cfg, model, reference, scorer, prompts, settings, hf_tok.pad_token_id,
@@ -438,38 +386,27 @@ def stop_token_ids(cfg: PPOConfig, hf_tok) -> tuple[int, ...]:
 
 
 def check_ppo_options(cfg: PPOConfig, dist) -> None:
+    """What the option domains cannot say alone (each value's range was checked when the config was built)."""
     if not cfg.reward_model:
         raise ConfigError("--reward-model is required (a directory the rm recipe wrote, e.g. runs/rm/model)")
-    if cfg.minibatch_size < 1 or cfg.batch_size % cfg.minibatch_size:
+    if cfg.batch_size % cfg.minibatch_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of --minibatch-size {cfg.minibatch_size}")
     if cfg.minibatch_size % dist.world_size:
         raise ConfigError(f"--minibatch-size {cfg.minibatch_size} must be a multiple of the {dist.world_size} processes")
-    if cfg.micro_batch_size is not None and cfg.micro_batch_size < 1:
-        raise ConfigError("--micro-batch-size must be positive")
-    if cfg.ppo_epochs < 1 or cfg.generation_batch_size < 1 or cfg.eval_batch_size < 1:
-        raise ConfigError("--ppo-epochs, --generation-batch-size and --eval-batch-size must be positive")
-    if not cfg.kl_coef >= 0 or not cfg.curiosity >= 0 or not cfg.missing_eos_penalty >= 0:
-        raise ConfigError("--kl-coef, --curiosity and --missing-eos-penalty must be non-negative")
-    if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
-        raise ConfigError(f"--gamma and --lam must be in [0, 1], got {cfg.gamma} and {cfg.lam}")
-    if not (cfg.cliprange > 0 and cfg.cliprange_value > 0):
-        raise ConfigError("--cliprange and --cliprange-value must be positive")
-    if cfg.adaptive_kl and not (cfg.kl_target > 0 and cfg.kl_horizon > 0):
-        raise ConfigError("--kl-target and --kl-horizon must be positive with --adaptive-kl")
 
 
 def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
     """The whole run (module docstring); returns the summary."""
     check_ppo_options(cfg, dist)
     settings = GenerationSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, stop_token_ids(cfg, hf_tok))
-    prompts, held_out = load_prompt_data(cfg, tok, common.chat_template_source(hf_tok, cfg.chat_template))
-    run_dir = common.start_run(Path(cfg.output_dir), cfg, cfg, dist)
-    schedule = common.plan_steps(cfg, len(prompts), "training prompts")
+    prompts, held_out = load_prompt_data(cfg, tok, inputs.chat_template_source(hf_tok, cfg.chat_template))
+    run_dir = rundir.start_run(Path(cfg.output_dir), cfg, cfg, dist)
+    schedule = loop.plan_steps(cfg, len(prompts), "training prompts")
     device, autocast = dist.device, dist.device.type == "cuda" and cfg.bf16
     param_dtype = torch.bfloat16 if autocast else None
 
     # Policy (+ value head), reference, reward model, curiosity: the same initial weights on every rank.
-    common.seed_everything(cfg.seed)
+    loop.seed_everything(cfg.seed)
     lora = models.LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                target_modules=tuple(cfg.lora_target_modules)) if cfg.lora else None
     model = models.load_causal_lm(cfg.model, vocab_size=len(hf_tok), pad_token_id=hf_tok.pad_token_id, lora=lora,
@@ -493,7 +430,7 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
     opt = PPOOptimization(cfg, model, value_head, rnd, device)
     ctl = kl_controller(cfg)
     saved = {}
-    start_step, log = common.resume_state(cfg, run_dir, model, opt, dist, saved)
+    start_step, log = rundir.resume_state(cfg, run_dir, model, opt, dist, saved)
     if saved:
         ctl.load_state_dict(saved["kl_controller"])
     model.train()
@@ -523,7 +460,7 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
         bar.update(1)
 
         done = step + 1
-        if common.log_now(done, cfg, schedule.total_steps):
+        if rundir.log_now(done, cfg, schedule.total_steps):
             generated, sequence_tokens = distributed.all_reduce_sum(
                 [float(rollout.response_lengths.sum()), float(rollout.attention_mask.sum())], dist)
             row = {"step": done, "epoch": schedule.epoch(done), **metrics, **losses, "lr": lr,
@@ -532,8 +469,8 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
                    "tokens_per_s/training": sequence_tokens * cfg.ppo_epochs / max(training_s, 1e-9)}
             log.log(row)
             bar.set_postfix(score=f"{row['score']:.3f}", kl=f"{row['kl']:.3f}")
-        if common.checkpoint_now(done, cfg, schedule.total_steps):
-            common.save_step(run_dir, done, model, opt, cfg, dist, {"kl_controller": ctl.state_dict()})
+        if rundir.checkpoint_now(done, cfg, schedule.total_steps):
+            rundir.save_step(run_dir, done, model, opt, cfg, dist, {"kl_controller": ctl.state_dict()})
     bar.close()
 
     # Held-out prompts, the model, the report
@@ -544,7 +481,7 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
         models.save_pretrained(model, run_dir / "model", tokenizer=hf_tok, state_dict=state,
                                merge_lora=not cfg.save_adapter)
         write_report(run_dir, cfg, prompts, held_out, summary)
-        common.write_json(run_dir / "summary.json", summary)
+        jsonfiles.write_json(run_dir / "summary.json", summary)
     distributed.barrier(dist)
     return summary
 
@@ -555,12 +492,12 @@ CURVES = {"score_curves.png": ("score and reward per update", ("score", "reward"
           "loss_curves.png": ("losses", ("policy_loss", "value_loss", "rnd_loss"))}
 
 
-def write_report(run_dir: Path, cfg: PPOConfig, prompts: common.PromptData, held_out: common.PromptData,
+def write_report(run_dir: Path, cfg: PPOConfig, prompts: inputs.PromptData, held_out: inputs.PromptData,
                  summary: dict) -> None:
     """report.md: held-out scores (reference vs policy, by category), curves, samples and the data accounting."""
     from guard import plots
 
-    history = common.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    history = jsonfiles.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     steps = [m["step"] for m in history]
     report = Report("PPO")
     report.text(f"Policy `{cfg.model}` ({'LoRA' if cfg.lora else 'full fine-tuning'}), reward model "
@@ -583,7 +520,7 @@ def write_report(run_dir: Path, cfg: PPOConfig, prompts: common.PromptData, held
             plots.curves(run_dir / name, series, title, "value")
             report.image(name, title)
     report.text("Samples (the first held-out prompts; all in samples.jsonl):")
-    samples = common.read_jsonl(run_dir / "samples.jsonl")[:5]
+    samples = jsonfiles.read_jsonl(run_dir / "samples.jsonl")[:5]
     report.table([{"prompt": s["prompt"][-80:], "reference": s["reference"][:120], "score": s["reference_score"],
                    "policy": s["policy"][:120], "score ": s["policy_score"]} for s in samples])
     report.heading("Data set aside", 2)
@@ -598,11 +535,11 @@ def write_report(run_dir: Path, cfg: PPOConfig, prompts: common.PromptData, held
 
 
 def parse_config(argv: list[str] | None) -> PPOConfig:
-    return common.parse_config(PPOConfig, argv, "python -m guard.train ppo", __doc__.split("\n\n")[0])
+    return options.parse_recipe("ppo", argv)
 
 
 def run(cfg: PPOConfig) -> dict:
-    with common.recipe_session(cfg) as (dist, hf_tok, tok, _eos):
+    with session.recipe_session(cfg) as (dist, hf_tok, tok, _eos):
         summary = train(cfg, hf_tok, tok, dist)
         if dist.is_main:
             print(format_table([{"held-out": "mean score", "reference": summary["score_reference"],

@@ -31,7 +31,6 @@ import contextlib
 import copy
 import csv
 import hashlib
-import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -41,52 +40,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guard import data as gdata, distributed, losses, models, ops
-from guard.config import ConfigError, option
+from guard import data as gdata, distributed, jsonfiles, losses, models, ops
+from guard.config import ConfigError
 from guard.report import Report, format_table
-from guard.train import common
-
-LOSSES = ("sigmoid", "ipo", "apo_zero", "apo_down", "kto_pair", "spo")
-
-#: The papers' settings (`--preset NAME`; any flag or yaml value still wins).
-PRESETS: dict[str, dict] = {
-    # GUARD appendix B: LoRA r 16, α 32 on the attention's query/key/value/output projections.
-    "guard": dict(lora=True, lora_r=16, lora_alpha=32, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
-    # SPO §5: β 0.1, LoRA rank 8 with scaling 32, lr 1e-5, 2 epochs per dimension, α 0.1.
-    "spo": dict(loss="spo", beta=0.1, lora=True, lora_r=8, lora_alpha=32, lr=1e-5, epochs=2, alpha=[0.1]),
-    # APO §5: full fine-tuning, β 0.1, prompt and response 512 tokens each, batch 16, lr 2e-7 decaying linearly
-    # to 0 (the paper uses RMSProp; guard uses AdamW), 18 epochs.
-    "apo": dict(loss="apo_zero", beta=0.1, lora=False, max_length=1024, max_prompt_length=512, batch_size=16,
-                lr=2e-7, lr_schedule="linear", warmup_ratio=0.0, epochs=18),
-}
-
-
-@dataclass
-class PrefConfig(common.PairTrainOptions):
-    # loss
-    loss: str = option("sigmoid", "preference loss (DESIGN.md §3): sigmoid = DPO; spo = one round per "
-                       "--dimensions entry", choices=LOSSES)
-    beta: float = option(0.1, "β: scale of the implicit reward β·(log π − log π_ref)")
-    label_smoothing: float = option(0.0, "ε of the conservative DPO loss (sigmoid only)")
-    alpha: list[float] = option([0.1], "SPO: importance α of each earlier dimension, weighing how much later "
-                                "rounds keep its alignment (one value for all, or one per dimension but the last)")
-    precompute_ref: bool = option(False, "compute the reference's log-probs once before training and cache them "
-                                  "on disk, so training holds one model (SPO rounds always do)")
-    ref_cache_dir: str | None = option(None, "where --precompute-ref caches log-probs, keyed by a fingerprint of "
-                                       "the tokenized data and the reference (default OUTPUT_DIR/ref-cache)")
-    preset: str | None = option(None, "a paper's settings, applied under yaml and flags", choices=tuple(PRESETS))
-    # defaults that differ from the reward-model recipe's
-    lora: bool = option(True, "train LoRA adapters (reference: the adapter disabled); --no-lora: every weight, "
-                        "against a frozen copy")
-    lora_target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                             "down_proj"], "modules given adapters")
-    eval_batch_size: int = option(32, "pairs per forward pass when scoring the held-out set")
-    lr: float = option(5e-6, "peak learning rate (AdamW)")
-    warmup_ratio: float = option(0.1, "share of the steps spent in linear warmup")
-    lambda_adv: float = option(0.0, "fairness weight λ on the implicit rewards; 0 = the plain loss")
-    adversary: str = option("moments", "what the adversary reads: each pair's implicit rewards, or their "
-                            "per-category moments", choices=("rewards", "moments"))
-
+from guard.train import inputs, loop, options, reports, rundir, session
+from guard.train.options import PrefConfig
 
 # ----------------------------------------------------------------------------------------------------
 # The policy without logits
@@ -189,7 +147,7 @@ class ReferenceLogps:
         return torch.from_numpy(picked.reshape(*picked.shape[:-2], -1)).float().to(device)
 
 
-def all_logps(model, data: common.PairData, cfg: PrefConfig, pad_id: int, dist, autocast: bool,
+def all_logps(model, data: inputs.PairData, cfg: PrefConfig, pad_id: int, dist, autocast: bool,
               adapter: bool = True) -> np.ndarray:
     """[2, n] float64 sequence log-probs of every pair of `data` under `model` (adapter=False: with its LoRA
     adapter disabled), the work split over the ranks."""
@@ -202,13 +160,13 @@ def all_logps(model, data: common.PairData, cfg: PrefConfig, pad_id: int, dist, 
                 logps = policy_logps(model, batch, autocast)
                 return logps[:len(logps) // 2], logps[len(logps) // 2:]
 
-            chosen, rejected = common.score_pairs(score, data, cfg.eval_batch_size, pad_id, dist, PAIR_KEYS)
+            chosen, rejected = loop.score_pairs(score, data, cfg.eval_batch_size, pad_id, dist, PAIR_KEYS)
     finally:
         model.train(was_training)
     return np.stack([chosen, rejected])
 
 
-def data_fingerprint(cfg: PrefConfig, data: common.TrainEval, autocast: bool) -> str:
+def data_fingerprint(cfg: PrefConfig, data: inputs.TrainEval, autocast: bool) -> str:
     """A hash of what the reference log-probs depend on: the tokenized pairs (ids, prompt lengths, order),
     the reference model (name, and for a local folder its weight files' sizes and times) and the dtype."""
     digest = hashlib.sha256()
@@ -231,7 +189,7 @@ def save_arrays(path: Path, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def precompute_reference(cfg: PrefConfig, model, data: common.TrainEval, hf_tok, dist, autocast: bool,
+def precompute_reference(cfg: PrefConfig, model, data: inputs.TrainEval, hf_tok, dist, autocast: bool,
                          run_dir: Path) -> ReferenceLogps:
     """The reference's log-probs of the training and held-out pairs, read from the cache when a run with the
     same fingerprint wrote them, else computed now (the model as loaded: adapter disabled with LoRA) and
@@ -255,19 +213,19 @@ def precompute_reference(cfg: PrefConfig, model, data: common.TrainEval, hf_tok,
 # One run
 
 
-def train_one(cfg: PrefConfig, run_dir: Path, data: common.TrainEval, hf_tok, dist: distributed.Dist, *,
+def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, dist: distributed.Dist, *,
               init_model: str | None = None, ref: ReferenceLogps | None = None, title: str | None = None) -> dict:
     """Train one policy from `init_model` (default cfg.model) into `run_dir`; returns the held-out summary of
     its implicit rewards. `ref` gives precomputed reference log-probs (SPO rounds); otherwise the reference
     is live, or precomputed and cached with --precompute-ref."""
-    run_dir = common.start_run(run_dir, cfg, cfg, dist)
+    run_dir = rundir.start_run(run_dir, cfg, cfg, dist)
     train, names = data.train, data.train.category_names
-    common.check_fairness(cfg.lambda_adv, names)
-    schedule = common.plan_steps(cfg, len(train))
+    options.check_fairness(cfg.lambda_adv, names)
+    schedule = loop.plan_steps(cfg, len(train))
     device, autocast = dist.device, dist.device.type == "cuda" and cfg.bf16
 
     # Policy and reference: the same initial weights on every rank.
-    common.seed_everything(cfg.seed)
+    loop.seed_everything(cfg.seed)
     lora = models.LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                target_modules=tuple(cfg.lora_target_modules)) if cfg.lora else None
     model = models.load_causal_lm(init_model or cfg.model, vocab_size=len(hf_tok), pad_token_id=hf_tok.pad_token_id,
@@ -281,8 +239,8 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: common.TrainEval, hf_tok, di
     model.train()
     if ref is None and cfg.precompute_ref:  # before a resumed checkpoint is loaded: these are the initial weights
         ref = precompute_reference(cfg, model, data, hf_tok, dist, autocast, run_dir)
-    opt = common.Optimization(cfg, model, len(names), device)
-    start_step, log = common.resume_state(cfg, run_dir, model, opt, dist)
+    opt = loop.Optimization(cfg, model, len(names), device)
+    start_step, log = rundir.resume_state(cfg, run_dir, model, opt, dist)
 
     categories = torch.from_numpy(train.categories).to(device)
     lengths = train.encoded.lengths.sum(1)
@@ -293,7 +251,7 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: common.TrainEval, hf_tok, di
         opt.set_lr(lr)
         # (1) this rank's pairs: the fused loss on the backbone's hidden states, implicit rewards, moments
         mine = distributed.local_rows(rows, dist)
-        batch = common.to_tensors(gdata.padded_batch(train.encoded, mine, hf_tok.pad_token_id), device, PAIR_KEYS)
+        batch = loop.to_tensors(gdata.padded_batch(train.encoded, mine, hf_tok.pad_token_id), device, PAIR_KEYS)
         local_cats = categories[torch.from_numpy(mine).to(device)]
         ref_logps = previous = None
         if ref is not None:
@@ -315,7 +273,7 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: common.TrainEval, hf_tok, di
         bar.update(1)
 
         done = step + 1
-        if common.log_now(done, cfg, schedule.total_steps):
+        if rundir.log_now(done, cfg, schedule.total_steps):
             elapsed = time.perf_counter() - clock
             lr_c, lr_r = r_c.detach() / cfg.beta, r_r.detach() / cfg.beta
             row = {"step": done, "epoch": schedule.epoch(done),
@@ -329,8 +287,8 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: common.TrainEval, hf_tok, di
             log.log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracy']:.3f}")
             tokens, clock = 0, time.perf_counter()
-        if common.checkpoint_now(done, cfg, schedule.total_steps):
-            common.save_step(run_dir, done, model, opt, cfg, dist)
+        if rundir.checkpoint_now(done, cfg, schedule.total_steps):
+            rundir.save_step(run_dir, done, model, opt, cfg, dist)
     bar.close()
 
     # Held-out implicit rewards β·(log π − log π_ref), the final model and the report
@@ -351,11 +309,11 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: common.TrainEval, hf_tok, di
              "implicit rewards β·(log π − log π_ref) of the held-out chosen and rejected responses.")
 
     def write_report(summary: dict) -> None:
-        common.write_reward_report(run_dir, title or f"Preference optimization ({cfg.loss})", intro, data, summary,
+        reports.write_reward_report(run_dir, title or f"Preference optimization ({cfg.loss})", intro, data, summary,
                                    SUMMARY_ROWS, chosen, rejected, eval_names,
                                    ("pref_loss", "rewards/accuracy", "rewards/margins"), what="implicit rewards")
 
-    return common.finish_run(run_dir, model, hf_tok, dist, save_adapter=cfg.save_adapter, eval_names=eval_names,
+    return session.finish_run(run_dir, model, hf_tok, dist, save_adapter=cfg.save_adapter, eval_names=eval_names,
                              chosen=chosen, rejected=rejected, seed=cfg.seed, extra=extra, write_report=write_report)
 
 
@@ -384,11 +342,11 @@ def round_name(n: int, dimension: str) -> str:
     return f"round-{n}-{dimension}"
 
 
-def score_policy(cfg: PrefConfig, model_name: str, datas: list[common.TrainEval], later: int, hf_tok, dist,
+def score_policy(cfg: PrefConfig, model_name: str, datas: list[inputs.TrainEval], later: int, hf_tok, dist,
                  autocast: bool) -> dict[str, np.ndarray]:
     """The log-probs π_k gives the training pairs of rounds `later`, `later`+1, ... and every held-out set:
     {"train-<n>": [2, n_train], "eval-<n>": [2, n_eval]} with n the 1-based round."""
-    common.seed_everything(cfg.seed)
+    loop.seed_everything(cfg.seed)
     model = models.load_causal_lm(model_name, vocab_size=len(hf_tok), pad_token_id=hf_tok.pad_token_id,
                                   trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, device=dist.device)
     model = distributed.shard_model(model, dist, param_dtype=torch.bfloat16 if autocast else None)
@@ -414,9 +372,9 @@ def run_spo(cfg: PrefConfig, hf_tok, tok: gdata.Tokenizer, eos: int | None, dist
     if cfg.save_adapter:
         raise ConfigError("--save-adapter is not available with --loss spo: each round starts from the merged model "
                           "of the one before")
-    template = common.chat_template_source(hf_tok, cfg.chat_template)
-    datas = [common.load_train_eval(replace(cfg, dimensions=[d]), tok, eos, template) for d in dims]
-    out = common.prepare_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=dist.is_main)
+    template = inputs.chat_template_source(hf_tok, cfg.chat_template)
+    datas = [inputs.load_train_eval(replace(cfg, dimensions=[d]), tok, eos, template) for d in dims]
+    out = rundir.prepare_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=dist.is_main)
     cache = out / "spo-cache"
     if dist.is_main:
         cache.mkdir(exist_ok=True)
@@ -445,7 +403,7 @@ def run_spo(cfg: PrefConfig, hf_tok, tok: gdata.Tokenizer, eos: int | None, dist
         init = cfg.model if n == 1 else str(out / round_name(n - 1, dims[n - 2]) / "model")
         round_cfg = replace(cfg, dimensions=[dim], overwrite=cfg.overwrite or not cfg.resume)
         if cfg.resume and (run_dir / "summary.json").exists():
-            summaries.append(common.read_json(run_dir / "summary.json"))
+            summaries.append(jsonfiles.read_json(run_dir / "summary.json"))
         else:
             summaries.append(train_one(round_cfg, run_dir, datas[n - 1], hf_tok, dist, init_model=init, ref=ref,
                                        title=f"SPO round {n}/{len(dims)}: {dim}"))
@@ -496,18 +454,14 @@ def write_spo_results(out: Path, cfg: PrefConfig, dims: list[str], alphas: list[
 
 
 def parse_config(argv: list[str] | None) -> PrefConfig:
-    return common.parse_config(PrefConfig, argv, "python -m guard.train pref", __doc__.split("\n\n")[0], PRESETS)
+    return options.parse_recipe("pref", argv)
 
 
 def run(cfg: PrefConfig) -> dict | list[dict]:
-    if not (cfg.beta > 0 and math.isfinite(cfg.beta)):
-        raise ConfigError(f"--beta must be a positive number, got {cfg.beta}")
-    if not 0 <= cfg.label_smoothing < 0.5:
-        raise ConfigError(f"--label-smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
-    with common.recipe_session(cfg, [cfg.lambda_adv]) as (dist, hf_tok, tok, eos):
+    with session.recipe_session(cfg, [cfg.lambda_adv]) as (dist, hf_tok, tok, eos):
         if cfg.loss == "spo":
             return run_spo(cfg, hf_tok, tok, eos, dist)
-        data = common.load_train_eval(cfg, tok, eos, common.chat_template_source(hf_tok, cfg.chat_template))
+        data = inputs.load_train_eval(cfg, tok, eos, inputs.chat_template_source(hf_tok, cfg.chat_template))
         summary = train_one(cfg, Path(cfg.output_dir), data, hf_tok, dist)
         if dist.is_main:
             print(format_table([{"held-out metric": label, cfg.loss: summary.get(key)} for label, key in SUMMARY_ROWS]))

@@ -17,32 +17,26 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guard import data as gdata, distributed, models, ops
-from guard.config import option
+from guard import data as gdata, distributed, jsonfiles, models, ops
 from guard.report import Report, format_table
-from guard.train import common
-
-
-@dataclass
-class RMConfig(common.PairTrainOptions):
-    margin_column: str | None = option(None, "column holding a per-pair margin m in -logσ(r_c - r_r - m)")
-    center_coef: float = option(0.0, "weight of the reward-centering term mean((r_c + r_r)²)")
+from guard.train import inputs, loop, options, reports, rundir, session
+from guard.train.options import RMConfig
 
 
 # ----------------------------------------------------------------------------------------------------
 # Data
 
 
-RMData = common.TrainEval  # the training and held-out pairs of a run (guard.train.common)
-load_data = common.load_train_eval
-to_tensors = common.to_tensors
+RMData = inputs.TrainEval  # the training and held-out pairs of a run (guard.train.common)
+load_data = inputs.load_train_eval
+to_tensors = loop.to_tensors
 local_rows = distributed.local_rows
 
 
@@ -56,12 +50,12 @@ def score(model: torch.nn.Module, batch: dict[str, torch.Tensor], autocast: bool
 
 
 @torch.no_grad()
-def score_pairs(model, data: common.PairData, batch_size: int, pad_id: int, dist: distributed.Dist,
+def score_pairs(model, data: inputs.PairData, batch_size: int, pad_id: int, dist: distributed.Dist,
                 autocast: bool) -> tuple[np.ndarray, np.ndarray]:
     """float64 rewards of every pair in `data` (in order), the work split over the ranks."""
     model.eval()
     try:
-        return common.score_pairs(lambda batch: score(model, batch, autocast), data, batch_size, pad_id, dist)
+        return loop.score_pairs(lambda batch: score(model, batch, autocast), data, batch_size, pad_id, dist)
     finally:
         model.train()
 
@@ -78,15 +72,15 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
     """Train one reward model with fairness weight `lambda_adv` into `run_dir`; returns its held-out summary."""
     summary_path = run_dir / "summary.json"
     if cfg.resume and summary_path.exists():  # finished before the interruption (a sweep's earlier λ)
-        return common.read_json(summary_path)
-    run_dir = common.start_run(run_dir, cfg, replace(cfg, lambda_adv=[lambda_adv]), dist)
+        return jsonfiles.read_json(summary_path)
+    run_dir = rundir.start_run(run_dir, cfg, replace(cfg, lambda_adv=[lambda_adv]), dist)
     train, names = data.train, data.train.category_names
-    common.check_fairness(lambda_adv, names)
-    schedule = common.plan_steps(cfg, len(train))
+    options.check_fairness(lambda_adv, names)
+    schedule = loop.plan_steps(cfg, len(train))
     device, autocast = dist.device, dist.device.type == "cuda" and cfg.bf16
 
     # Model, optimizers, adversary: the same initial weights on every rank and for every λ of a sweep.
-    common.seed_everything(cfg.seed)
+    loop.seed_everything(cfg.seed)
     lora = models.LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                target_modules=tuple(cfg.lora_target_modules)) if cfg.lora else None
     model = models.load_reward_model(cfg.model, vocab_size=len(hf_tok), pad_token_id=hf_tok.pad_token_id,
@@ -94,8 +88,8 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
                                      trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, device=device)
     model = distributed.shard_model(model, dist, param_dtype=torch.bfloat16 if autocast else None)
     model.train()
-    opt = common.Optimization(cfg, model, len(names), device)
-    start_step, log = common.resume_state(cfg, run_dir, model, opt, dist)
+    opt = loop.Optimization(cfg, model, len(names), device)
+    start_step, log = rundir.resume_state(cfg, run_dir, model, opt, dist)
 
     categories = torch.from_numpy(train.categories).to(device)
     margins = None if train.margins is None else torch.from_numpy(train.margins).to(device)
@@ -120,7 +114,7 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
         bar.update(1)
 
         done = step + 1
-        if common.log_now(done, cfg, schedule.total_steps):
+        if rundir.log_now(done, cfg, schedule.total_steps):
             elapsed = time.perf_counter() - clock
             row = {"step": done, "epoch": schedule.epoch(done), "loss": loss.item(),
                    "bt_loss": out.loss.item(), "adv_loss": None if adv_loss is None else adv_loss.item(),
@@ -128,8 +122,8 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
             log.log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}")
             tokens, clock = 0, time.perf_counter()
-        if common.checkpoint_now(done, cfg, schedule.total_steps):
-            common.save_step(run_dir, done, model, opt, cfg, dist)
+        if rundir.checkpoint_now(done, cfg, schedule.total_steps):
+            rundir.save_step(run_dir, done, model, opt, cfg, dist)
     bar.close()
 
     # Held-out evaluation, the final model and the report
@@ -137,7 +131,7 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
     eval_names = [names[c] for c in data.eval.categories]
     margin = 0.0 if data.eval.margins is None else data.eval.margins.astype(np.float64)
     extra = {"bt_loss": float(np.mean(np.logaddexp(0.0, -(chosen - rejected - margin)))), "lambda_adv": lambda_adv}
-    return common.finish_run(
+    return session.finish_run(
         run_dir, model, hf_tok, dist, save_adapter=cfg.save_adapter, eval_names=eval_names, chosen=chosen,
         rejected=rejected, seed=cfg.seed, extra=extra,
         write_report=lambda summary: write_report(run_dir, cfg, lambda_adv, data, summary, chosen, rejected,
@@ -158,7 +152,7 @@ def write_report(run_dir: Path, cfg: RMConfig, lambda_adv: float, data: RMData, 
     intro = (f"Model `{cfg.model}`, data `{cfg.data}`, adversary `{cfg.adversary}` / `{cfg.adv_objective}`, "
              f"{len(data.train)} training pairs, {len(data.eval)} held-out pairs, categories: "
              f"{', '.join(data.train.category_names)}.")
-    common.write_reward_report(run_dir, f"Reward model, λ = {lambda_adv:g}", intro, data, summary, SUMMARY_ROWS,
+    reports.write_reward_report(run_dir, f"Reward model, λ = {lambda_adv:g}", intro, data, summary, SUMMARY_ROWS,
                                chosen, rejected, eval_names, ("bt_loss", "accuracy"))
 
 
@@ -195,13 +189,13 @@ def print_summaries(out: Path, summaries: list[dict], labels: list[str]) -> None
 
 
 def parse_config(argv: list[str] | None) -> RMConfig:
-    return common.parse_config(RMConfig, argv, "python -m guard.train rm", __doc__.split("\n\n")[0])
+    return options.parse_recipe("rm", argv)
 
 
 def run(cfg: RMConfig, labels: list[str] | None = None) -> list[dict]:
     """Every λ of cfg.lambda_adv on the same data, model init and batch order; returns their summaries."""
-    with common.recipe_session(cfg, cfg.lambda_adv) as (dist, hf_tok, tok, eos):
-        data = load_data(cfg, tok, eos, common.chat_template_source(hf_tok, cfg.chat_template))
+    with session.recipe_session(cfg, cfg.lambda_adv) as (dist, hf_tok, tok, eos):
+        data = load_data(cfg, tok, eos, inputs.chat_template_source(hf_tok, cfg.chat_template))
         out = Path(cfg.output_dir)
         sweep = len(cfg.lambda_adv) > 1
         summaries = []
