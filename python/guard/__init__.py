@@ -1,6 +1,6 @@
 """guard: fair reward models and preference-aligned policies.
 
-Public API (DESIGN.md §2), re-exported explicitly:
+The public API, re-exported explicitly:
 
     import guard
     guard.pair_losses(chosen_logratios, rejected_logratios, loss_type="sigmoid", beta=0.1)

@@ -58,14 +58,15 @@ UNSET = _Unset()
 
 
 def option(default: Any, help: str, *, choices: typing.Iterable[Any] | None = None, domain: str | None = None,
-           aliases: Mapping[str, Any] | None = None, required: bool = False) -> Any:
+           aliases: Mapping[str, Any] | None = None, required: bool = False, default_note: str | None = None) -> Any:
     """A dataclass field with its help text, and for numbers the `domain` of allowed values (see Domain; every
     number must also be finite), for strings the allowed `choices` and `aliases` (another spelling -> a choice),
-    `required` for a value the run cannot go without. Mutable defaults (lists, dicts, sets) are copied for each
+    `required` for a value the run cannot go without, `default_note` for what the help adds to the default
+    ("0.002 with --model tiny"). Mutable defaults (lists, dicts, sets) are copied for each
     instance through a ``default_factory``."""
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None,
                 "domain": Domain.parse(domain) if domain is not None else None,
-                "aliases": dict(aliases or {}), "required": required}
+                "aliases": dict(aliases or {}), "required": required, "default_note": default_note}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -316,7 +317,8 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
         if f.metadata.get("required"):
             help_text += " (required)"
         elif default is not UNSET and "default:" not in help_text:  # a help text may say its default in words
-            help_text += f" (default: {_show(default)})"
+            note = f.metadata.get("default_note")
+            help_text += f" (default: {_show(default)}{'; ' + note if note else ''})"
         # argparse %-formats help strings. The empty "%(default).0s" stops ArgumentDefaultsHelpFormatter from
         # appending "(default: <unset>)": the default shown is the field's, already in the text.
         help_text = help_text.replace("%", "%%") + "%(default).0s"

@@ -57,20 +57,9 @@ from typing import Any
 
 import numpy as np
 
-from guard.adapters import (
-    SCHEMAS,
-    CategoryMap,
-    PreferenceSet,
-    _columns,
-    _iter_rows,
-    _load,
-    _messages,
-    _need_str,
-    _Renderer,
-    adapt,
-    detect_schema,
-    load_preferences,
-)
+from guard.adapters import SCHEMAS, CategoryMap, PreferenceSet, adapt, detect_schema, load_preferences
+from guard.adapters.fields import _messages, _need_str, _Renderer
+from guard.adapters.loading import _columns, _iter_rows, _load
 
 PROMPT_SCHEMAS = ("auto", "prompt", *SCHEMAS[1:])
 

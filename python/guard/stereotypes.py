@@ -80,7 +80,8 @@ from typing import Any
 
 import numpy as np
 
-from guard.adapters import _columns, _iter_rows, _load, index_list
+from guard.adapters import index_list
+from guard.adapters.loading import _columns, _iter_rows, _load
 
 BENCHMARKS = ("crows_pairs", "stereoset")
 HUB_NAMES = {"crows_pairs": "nyu-mll/crows_pairs", "stereoset": "McGill-NLP/stereoset"}

@@ -27,7 +27,7 @@ from guard.config import ConfigError, option
 from guard.eval import common
 from guard.prompts import PROMPT_SCHEMAS
 from guard.report import Report
-from guard.train import inputs, options, session
+from guard.train import inputs, options
 
 
 @dataclass

@@ -33,7 +33,7 @@ from guard.adapters import SCHEMAS
 from guard.config import ConfigError, option
 from guard.eval import common
 from guard.report import Report
-from guard.train import inputs, options, session
+from guard.train import inputs, options
 
 
 @dataclass

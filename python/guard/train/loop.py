@@ -120,7 +120,7 @@ class Optimization:
     def fairness(self, loss: torch.Tensor, lambda_adv: float, moments, counts, chosen: torch.Tensor,
                  rejected: torch.Tensor, categories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(2) an adversary step on the detached features of the batch's rewards, then (3) the model's loss
-        L − λ·penalty (DESIGN.md §3). Returns (the model's loss, the adversary's loss or None)."""
+        L − λ·penalty (GUARD §3; guard/fairness.py). Returns (the model's loss, the adversary's loss or None)."""
         from guard.fairness import adversary_penalty, adversary_step
 
         if self.adversary is None:

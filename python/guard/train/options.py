@@ -126,11 +126,12 @@ class TrainOptions:
     max_steps: int | None = option(None, "stop after this many optimizer steps (overrides --epochs)", domain=">= 1")
     batch_size: int = option(32, "preference pairs per optimizer step, over all processes", domain=">= 1")
     eval_batch_size: int = option(64, "pairs per forward pass when scoring the held-out set", domain=">= 1")
-    lr: float = option(1e-5, "peak learning rate (AdamW; default with --model tiny: 0.002)", domain="> 0")
+    lr: float = option(1e-5, "peak learning rate (AdamW)", domain="> 0", default_note="0.002 with --model tiny")
     weight_decay: float = option(0.0, "AdamW weight decay", domain=">= 0")
     warmup_ratio: float = option(0.03, "share of the steps spent in linear warmup", domain="[0, 1]")
     lr_schedule: str = option("cosine", "decay after warmup", choices=("cosine", "linear", "constant"))
-    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off; default with --model tiny: 0)", domain=">= 0")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", domain=">= 0",
+                                 default_note="0 with --model tiny and no --lr")
     # run
     output_dir: str = option("", "where the run writes config, metrics, checkpoints, model and report",
                              required=True)
@@ -141,8 +142,8 @@ class TrainOptions:
     resume: bool = option(False, "continue from the last checkpoint in --output-dir")
     overwrite: bool = option(False, "replace a finished or stopped run in --output-dir")
     device: str = option("auto", "cuda, cpu, or auto (cuda when available)")
-    threads: int | None = option(None, "torch CPU threads (default: torch's choice; with --model tiny: 1)",
-                                 domain=">= 1")
+    threads: int | None = option(None, "torch CPU threads (none: torch's choice)", domain=">= 1",
+                                 default_note="1 with --model tiny")
     chat_template: str | None = option(None, "a Jinja chat template file for conversational data, when the "
                                        "tokenizer has none (plain-text prompts are used as they are)")
 
@@ -232,7 +233,7 @@ class PrefConfig(PairTrainOptions):
     precompute_ref: bool = option(False, "compute the reference's log-probs once before training and cache them "
                                   "on disk, so training holds one model (SPO rounds always do)")
     ref_cache_dir: str | None = option(None, "where --precompute-ref caches log-probs, keyed by a fingerprint of "
-                                       "the tokenized data and the reference (default OUTPUT_DIR/ref-cache)")
+                                       "the tokenized data and the reference (default: OUTPUT_DIR/ref-cache)")
     preset: str | None = option(None, "a paper's settings, applied under yaml and flags", choices=tuple(PRESETS))
     # defaults that differ from the reward-model recipe's
     lora: bool = option(True, "train LoRA adapters (reference: the adapter disabled); --no-lora: every weight, "
@@ -240,7 +241,7 @@ class PrefConfig(PairTrainOptions):
     lora_target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                              "down_proj"], "modules given adapters")
     eval_batch_size: int = option(32, "pairs per forward pass when scoring the held-out set", domain=">= 1")
-    lr: float = option(5e-6, "peak learning rate (AdamW; default with --model tiny: 0.002)", domain="> 0")
+    lr: float = option(5e-6, "peak learning rate (AdamW)", domain="> 0", default_note="0.002 with --model tiny")
     warmup_ratio: float = option(0.1, "share of the steps spent in linear warmup", domain="[0, 1]")
     lambda_adv: float = option(0.0, "fairness weight λ on the implicit rewards; 0 = the plain loss", domain=">= 0")
     adversary: str = option("moments", "what the adversary reads: each pair's implicit rewards, or their "
@@ -298,8 +299,8 @@ class PPOConfig(TrainOptions):
     lora: bool = option(True, "train LoRA adapters (reference: the adapter disabled); --no-lora: every weight, "
                         "against a frozen copy")
     lora_dropout: float = option(0.0, "LoRA dropout (keep 0: see guard/train/ppo.py)", domain="[0, 1)")
-    lr: float = option(1.41e-5, "learning rate of the policy and the value head (AdamW; default with --model "
-                       "tiny: 0.002)", domain="> 0")
+    lr: float = option(1.41e-5, "learning rate of the policy and the value head (AdamW)", domain="> 0",
+                       default_note="0.002 with --model tiny")
     warmup_ratio: float = option(0.0, "share of the updates spent in linear warmup", domain="[0, 1]")
     lr_schedule: str = option("constant", "decay after warmup", choices=("cosine", "linear", "constant"))
     max_prompt_length: int | None = option(512, "keep at most the last N prompt tokens", domain=">= 1")

@@ -9,7 +9,7 @@
 A run reads top to bottom in `train_one`: data (load, categories, dedup, tokenize, hold out 10%) -> model
 (LoRA, FSDP2) -> the loop: score the batch's chosen and rejected sequences, gather the rewards from every
 rank, the fused BT loss with per-category moments (guard.ops.bt_loss), (2) an adversary step on the
-detached features, (3) the model step on L_BT − λ·penalty (DESIGN.md §3) -> held-out evaluation
+detached features, (3) the model step on L_BT − λ·penalty (guard/fairness.py) -> held-out evaluation
 (rewards.jsonl and the GUARD audit) -> report.md with plots -> the final model in Hugging Face format.
 """
 
