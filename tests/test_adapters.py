@@ -426,19 +426,27 @@ def test_streaming_gives_the_same_pairs():
 
 
 def test_non_string_fields_raise_with_row_and_field(tmp_path):
+    """A file guard reads names the row by its 1-based line (blank lines count); a table without lines
+    (a loaded Dataset, parquet, a hub dataset) by its 0-based row."""
     path = tmp_path / "null.jsonl"
-    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n'
                     '{"prompt": "a", "chosen": null, "rejected": "c"}\n')
-    with pytest.raises(ValueError, match=r"row 1: field chosen is not a string \(got NoneType\)"):
+    with pytest.raises(ValueError, match=r"^line 3: field chosen is not a string \(got NoneType\)"):
         load_preferences(str(path))
     path = tmp_path / "ints.jsonl"
-    path.write_text('{"prompt": "a", "chosen": "b", "rejected": 3}\n')
-    with pytest.raises(ValueError, match=r"row 0: field rejected is not a string \(got int\)"):
-        load_preferences(str(path))
-    path = tmp_path / "hh.jsonl"
-    path.write_text('{"chosen": 1.5, "rejected": 2.5}\n')
-    with pytest.raises(ValueError, match=r"row 0: field chosen is not a string \(got float\)"):
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b", "rejected": 3}\n')
+    with pytest.raises(ValueError, match=r"^line 2: field rejected is not a string \(got int\)"):
+        load_preferences(str(path))  # one row's type differs from the others': still named by its line
+    path = tmp_path / "hh.json"
+    path.write_text('[{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: a\\n\\nAssistant: c"},\n'
+                    ' {"chosen": 1.5,\n  "rejected": 2.5}]\n')
+    with pytest.raises(ValueError, match=r"^line 2: field chosen is not a string \(got float\)"):
         load_preferences(str(path), schema="hh_rlhf")
+    path = tmp_path / "rows.parquet"
+    table = datasets.Dataset.from_dict({"prompt": ["a", "a"], "chosen": ["b", "b"], "rejected": ["c", None]})
+    table.to_parquet(str(path))
+    with pytest.raises(ValueError, match=r"^row 1: field rejected is not a string \(got NoneType\)"):
+        load_preferences(str(path))
     bad_msgs = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}],
                                             "chosen": [{"role": "assistant", "content": None}],
                                             "rejected": [{"role": "assistant", "content": "x"}]}])

@@ -89,7 +89,7 @@ def test_message_prompts_with_and_without_template(tmp_path):
     assert s.prompts == ["<|user|>Hi!<|assistant|>", "<|system|>Be brief.<|user|>2 + 2?<|assistant|>"]
     assert s.source_rows == [0, 1] and s.dropped == {"empty prompt": 1, "duplicate prompt": 1}
 
-    with pytest.raises(NeedsChatTemplate, match="row 0: conversational data needs a chat template"):
+    with pytest.raises(NeedsChatTemplate, match="line 1: conversational data needs a chat template"):
         load_prompts(path)
 
 
@@ -130,7 +130,7 @@ def test_string_prompt_with_template_is_one_user_message(tmp_path):
 
 def test_bad_types_name_their_row(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, {"prompt": "fine"}, {"prompt": 7}])
-    with pytest.raises(ValueError, match=r"row 2: field prompt is not a string or a list of messages \(got int\)"):
+    with pytest.raises(ValueError, match=r"line 3: field prompt is not a string or a list of messages \(got int\)"):
         load_prompts(path)
     ds = datasets.Dataset.from_list([{"prompt": "a", "category": "x"}, {"prompt": "b", "category": None}])
     assert load_prompts(ds).categories == ["x", None]

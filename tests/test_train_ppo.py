@@ -314,11 +314,11 @@ def test_conversational_prompts_need_a_template_and_unknown_categories_are_named
     chat = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": "plain ?"}, {"prompt": [{"role": "user", "content": "hi"}]}])
     args = ["ppo", "--reward-model", str(rm_dir), "--output-dir", str(tmp_path / "x"), *FAST]
     assert train_main([*args, "--data", str(chat)]) == 2
-    assert "row 1: conversational data" in capsys.readouterr().err
+    assert "chat.jsonl line 2: conversational data" in capsys.readouterr().err
     prompts, _ = setup
     odd = write_jsonl(tmp_path / "odd.jsonl", [{"prompt": "fix it ?", "category": "other"}])
     assert train_main([*args, "--data", str(prompts), "--eval-data", str(odd)]) == 2
-    assert "row 0: unknown category 'other'" in capsys.readouterr().err
+    assert "odd.jsonl line 1: unknown category 'other'" in capsys.readouterr().err
 
 
 def test_help_lists_every_option(capsys):

@@ -143,7 +143,7 @@ def test_a_run_writes_metrics_checkpoints_model_rewards_and_report(tmp_path, syn
     table = audit.read_rewards_jsonl(out / "rewards.jsonl")
     assert len(table.chosen) == 16 and set(table.categories) == {"helpful", "harmless"}
     report = (out / "report.md").read_text()
-    assert "implicit rewards" in report and "rewards_by_category.png" in report and "Data set aside" in report
+    assert "implicit rewards" in report and "rewards_by_category.png" in report and "## Data" in report
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out / "model")  # LoRA merged: a plain causal LM
@@ -173,8 +173,8 @@ def test_resume_gives_the_uninterrupted_metrics(tmp_path, synthetic):
     (["--beta", "0"], "--beta"),
     (["--lambda-adv", "0.2", "--data", "ONECAT"], "at least two categories"),
     (["--data", "BADLINE"], "line 2: not valid JSON"),
-    (["--data", "NOCOLUMN"], "cannot read data"),
-    (["--categories", "helpful"], "row 1: unknown category 'harmless'"),
+    (["--data", "NOCOLUMN"], "pass --schema NAME"),
+    (["--categories", "helpful"], "line 2: unknown category 'harmless'"),
     (["--batch-size", "1000"], "larger than the 144 training pairs"),
 ])
 def test_bad_input_ends_in_one_clear_error(tmp_path, synthetic, capsys, extra, message):
@@ -347,7 +347,7 @@ def test_conversational_data_is_rendered_with_a_chat_template(tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("chat", "row 0: conversational data (lists of messages) needs a chat template, and the tokenizer of"),
+    ("chat", "line 1: conversational data (lists of messages) needs a chat template, and the tokenizer of"),
     ("dimension", "no pairs for dimension 'honest' named in --dimensions (dimensions in the data: ['first', "
                   "'second'])"),
     ("spo-no-dimensions", "--loss spo needs --dimensions"),

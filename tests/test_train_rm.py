@@ -77,11 +77,14 @@ def test_a_run_writes_config_metrics_checkpoints_model_rewards_and_report(tmp_pa
 
     summary = json.loads((out / "summary.json").read_text())
     expected = audit.reward_summary(table.chosen, table.rejected, table.categories, seed=0)
-    assert json.loads(json.dumps(expected)) == {k: v for k, v in summary.items() if k not in ("bt_loss", "lambda_adv")}
+    assert json.loads(json.dumps(expected)) == {k: v for k, v in summary.items()
+                                                if k not in ("bt_loss", "lambda_adv", "data")}
+    assert summary["data"] == {"rows_read": 120, "train_pairs": 108, "eval_pairs": 12, "truncated_pairs": 0,
+                               "set_aside": {}, "set_aside_rows": {}}
     bt = np.logaddexp(0, -(table.chosen - table.rejected)).mean()
     assert summary["bt_loss"] == pytest.approx(bt) and summary["lambda_adv"] == 0.2
     report = (out / "report.md").read_text()
-    assert "binned MI" in report and "rewards_by_category.png" in report and "Data set aside" in report
+    assert "binned MI" in report and "rewards_by_category.png" in report and "## Data" in report
 
 
 def distributed_checkpoints(run_dir: Path) -> list[str]:
@@ -197,7 +200,8 @@ def test_rows_set_aside_are_counted_in_the_report(tmp_path, sample_rows):
 BAD_INPUTS = {
     "malformed line": (lambda d, rows: d.write_text(json.dumps(rows[0]) + "\n{not json\n"), r"line 2: not valid JSON"),
     "missing columns": (lambda d, rows: write_jsonl(d, [{"prompt": r["prompt"], "answer": r["chosen"]}
-                                                        for r in rows[:20]]), r"cannot read .*column"),
+                                                        for r in rows[:20]]),
+                        r"cannot tell the schema from the columns \['answer', 'prompt'\].*pass --schema NAME"),
     "empty dataset": (lambda d, rows: d.write_text(""), r"empty"),
 }
 
@@ -218,7 +222,7 @@ def test_unknown_category_and_missing_model_end_with_a_clear_error(tmp_path, sma
     out = str(tmp_path / "o")
     code = options.run_cli(rm.main, ["--data", str(small_data), "--output-dir", out, "--categories", "helpful", *FAST])
     err = capsys.readouterr().err
-    assert code == 2 and re.search(r"row \d+: unknown category 'harmless'", err), err
+    assert code == 2 and re.search(r"pairs.jsonl line \d+: unknown category 'harmless'", err), err
     odd = write_jsonl(tmp_path / "eval.jsonl", [{**sample_rows[0], "category": "medical"}] + sample_rows[1:10])
     code = options.run_cli(rm.main, ["--data", str(small_data), "--eval-data", str(odd), "--output-dir", out, *FAST])
     err = capsys.readouterr().err

@@ -83,8 +83,15 @@ def _legend(ax, n: int) -> None:
         ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))
 
 
-def histograms(path: str | os.PathLike, series: dict[str, Any], title: str, xlabel: str) -> Path:
-    """Overlaid density histograms of each series on shared equal-width bins."""
+def _count_label(name: str, n: int, pooled_pairs: bool) -> str:
+    """A legend entry that counts what the tables count: pooled chosen and rejected rewards of n/2 pairs say both."""
+    return f"{name} ({n // 2} pairs, {n} rewards)" if pooled_pairs else f"{name} (n={n})"
+
+
+def histograms(path: str | os.PathLike, series: dict[str, Any], title: str, xlabel: str, *,
+               pooled_pairs: bool = False) -> Path:
+    """Overlaid density histograms of each series on shared equal-width bins. `pooled_pairs`: each series holds
+    the chosen and the rejected rewards of its pairs, and the legend counts both."""
     groups = {str(name): _values(v, f"values of {name!r}") for name, v in series.items()}
     if not groups:
         raise ValueError("no reward series to plot")
@@ -96,7 +103,7 @@ def histograms(path: str | os.PathLike, series: dict[str, Any], title: str, xlab
     for k, (name, values) in enumerate(groups.items()):
         # density: categories of different sizes stay comparable in shape.
         ax.hist(values, bins=edges, density=True, histtype=histtype, alpha=0.45 if histtype == "stepfilled" else 1.0,
-                linewidth=1.2, color=colors[k % len(colors)], label=f"{name} (n={values.size})")
+                linewidth=1.2, color=colors[k % len(colors)], label=_count_label(name, values.size, pooled_pairs))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
@@ -104,19 +111,23 @@ def histograms(path: str | os.PathLike, series: dict[str, Any], title: str, xlab
     return _save(fig, path)
 
 
-def reward_histograms(path: str | os.PathLike, rewards: dict[str, Any], title: str) -> Path:
-    """Overlaid density histograms of each category's rewards, on shared equal-width bins."""
+def reward_histograms(path: str | os.PathLike, rewards: dict[str, Any], title: str, *,
+                      pooled_pairs: bool = False) -> Path:
+    """Overlaid density histograms of each category's rewards, on shared equal-width bins (`pooled_pairs`: each
+    category's chosen and rejected rewards together, counted as pairs and rewards in the legend)."""
     groups = {str(name): _values(v, f"rewards of {name!r}") for name, v in rewards.items()}
-    return histograms(path, groups, title, "reward")
+    return histograms(path, groups, title, "reward", pooled_pairs=pooled_pairs)
 
 
 def chosen_rejected_histogram(path: str | os.PathLike, chosen: Any, rejected: Any, title: str) -> Path:
-    """Overlaid density histograms of the chosen and the rejected rewards, on shared bins."""
-    groups = {"chosen": _values(chosen, "chosen"), "rejected": _values(rejected, "rejected")}
+    """Overlaid density histograms of the chosen and the rejected rewards (one each per pair), on shared bins."""
+    groups = {f"chosen, {np.size(chosen)} pairs": _values(chosen, "chosen"),
+              f"rejected, {np.size(rejected)} pairs": _values(rejected, "rejected")}
     return histograms(path, groups, title, "reward")
 
 
-def ecdf(path: str | os.PathLike, series: dict[str, Any], title: str, xlabel: str) -> Path:
+def ecdf(path: str | os.PathLike, series: dict[str, Any], title: str, xlabel: str, *,
+         pooled_pairs: bool = False) -> Path:
     """Empirical CDFs of each series as steps (F(x) = share of values <= x): where two categories' curves
     part is what the KS distance measures (their largest vertical gap) and the area between them is W1."""
     groups = {str(name): np.sort(_values(v, f"values of {name!r}")) for name, v in series.items()}
@@ -127,7 +138,7 @@ def ecdf(path: str | os.PathLike, series: dict[str, Any], title: str, xlabel: st
     for k, (name, values) in enumerate(groups.items()):
         heights = np.arange(1, values.size + 1) / values.size
         ax.step(np.concatenate([values[:1], values]), np.concatenate([[0.0], heights]), where="post",
-                color=colors[k % len(colors)], linewidth=1.2, label=f"{name} (n={values.size})")
+                color=colors[k % len(colors)], linewidth=1.2, label=_count_label(name, values.size, pooled_pairs))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("share <= x")

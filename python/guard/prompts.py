@@ -52,14 +52,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from guard.adapters import SCHEMAS, CategoryMap, PreferenceSet, adapt, detect_schema, load_preferences
 from guard.adapters.fields import _messages, _need_str, _Renderer
-from guard.adapters.loading import _columns, _iter_rows, _load
+from guard.adapters.loading import UnknownSchema, _columns, _iter_rows, _load, row_lines_of
+from guard.adapters.pairs import RowError, where_row
 
 PROMPT_SCHEMAS = ("auto", "prompt", *SCHEMAS[1:])
 
@@ -82,6 +83,8 @@ class PromptSet:
     dropped: dict[str, int]
     n_input: int
     schema: str
+    dropped_rows: dict[str, list[int]] = field(default_factory=dict)  # reason -> input rows left out for it
+    row_lines: list[int] | None = None  # the line each input row starts on, for a file guard read itself
 
     def __post_init__(self) -> None:
         n = len(self.prompts)
@@ -91,6 +94,10 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def where(self, row: int) -> str:
+        """Input row `row` as a message names it: "line 8" (a file guard read) or "row 7" (0-based)."""
+        return where_row(row, self.row_lines)
 
     def __repr__(self) -> str:
         return (f"PromptSet(schema={self.schema!r}, prompts={len(self)}, n_input={self.n_input}, "
@@ -105,7 +112,8 @@ class PromptSet:
         """The prompts at `indices` (ints, or a boolean mask of length len(self)), in that order."""
         picked = self._as_pairs().select(indices)
         return PromptSet(picked.prompts, picked.categories, picked.source_rows, dict(self.dropped),
-                         self.n_input, self.schema)
+                         self.n_input, self.schema, {k: list(v) for k, v in self.dropped_rows.items()},
+                         self.row_lines)
 
     def category_map(self) -> CategoryMap:
         """PKU's canonical 19 for PKU-SafeRLHF, else the sorted unique categories present."""
@@ -115,7 +123,8 @@ class PromptSet:
     def from_preferences(cls, pairs: PreferenceSet) -> PromptSet:
         """The distinct prompts of a PreferenceSet, in first-occurrence order (see the module docstring)."""
         out = cls([], [], [], {f"pair {reason}": n for reason, n in pairs.dropped.items()},
-                  pairs.n_input, pairs.schema)
+                  pairs.n_input, pairs.schema, {f"pair {reason}": list(rows) for reason, rows in pairs.dropped_rows.items()},
+                  pairs.row_lines)
         seen: set[str] = set()
         for prompt, cat, row in zip(pairs.prompts, pairs.categories, pairs.source_rows):
             out._add(prompt, cat, row, seen)
@@ -127,6 +136,7 @@ class PromptSet:
         reason = EMPTY_PROMPT if not text.strip() else DUPLICATE_PROMPT if text in seen else None
         if reason is not None:
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            self.dropped_rows.setdefault(reason, []).append(row)
             return
         seen.add(text)
         self.prompts.append(text)
@@ -142,8 +152,16 @@ def _prompt_rows(dataset: Any, chat_template: Any, category: str | None) -> Prom
     if category is not None and "category" in cols:
         raise ValueError("the data has a category column; category= is not accepted")
     render = _Renderer(chat_template)
-    out = PromptSet([], [], [], {}, 0, "prompt")
+    out = PromptSet([], [], [], {}, 0, "prompt", row_lines=row_lines_of(dataset))
     seen: set[str] = set()
+    try:
+        _read_prompt_rows(dataset, render, category, out, seen)
+    except RowError as err:
+        raise err.locate(out.row_lines) from None
+    return out
+
+
+def _read_prompt_rows(dataset: Any, render: _Renderer, category: str | None, out: PromptSet, seen: set[str]) -> None:
     for i, row in _iter_rows(dataset):
         out.n_input = i + 1
         value = row.get("prompt")
@@ -159,17 +177,16 @@ def _prompt_rows(dataset: Any, chat_template: Any, category: str | None) -> Prom
             empty = not any(m["content"].strip() for m in msgs)
             text = "" if empty else render.messages(msgs, i)
         out._add(text, cat, i, seen)  # an empty prompt was rendered as ""
-    return out
 
 
 def _detect(dataset: Any) -> str:
     """detect_schema's preference schema, else "prompt" for data with a prompt column."""
     try:
         return detect_schema(dataset)
-    except ValueError as err:
+    except UnknownSchema as err:
         if "prompt" in _columns(dataset):
             return "prompt"
-        raise ValueError(f"{err}; prompt-only data needs a prompt column") from None
+        raise UnknownSchema(err.columns, "; prompt-only data needs a prompt column") from None
 
 
 def load_prompts(source: Any, *, schema: str = "auto", split: str | None = "train", data_files: Any = None,

@@ -86,7 +86,8 @@ the row of the chosen response).
 from guard.adapters.fields import NeedsChatTemplate
 from guard.adapters.helpsteer2 import HELPSTEER2_ATTRIBUTES
 from guard.adapters.hh_rlhf import HH_RLHF_SUBSETS, hh_category
-from guard.adapters.loading import adapt, detect_schema, load_preferences
+from guard.adapters.files import DataFileError
+from guard.adapters.loading import UnknownSchema, adapt, detect_schema, load_preferences
 from guard.adapters.pairs import (
     DIMENSION_NOT_SELECTED,
     EMPTY_RESPONSE,
@@ -99,6 +100,7 @@ from guard.adapters.pairs import (
     TIE,
     CategoryMap,
     PreferenceSet,
+    RowError,
     index_list,
 )
 from guard.adapters.pku_saferlhf import PKU_SAFERLHF_CATEGORIES, PKU_SAFERLHF_DIMENSIONS
@@ -107,6 +109,6 @@ from guard.adapters.ultrafeedback import ULTRAFEEDBACK_ASPECTS
 __all__ = [
     "DIMENSION_NOT_SELECTED", "EMPTY_RESPONSE", "HELPSTEER2_ATTRIBUTES", "HH_RLHF_SUBSETS", "IDENTICAL_RESPONSES",
     "MISSING_CATEGORY", "NO_ASSISTANT_TURN", "PKU_SAFERLHF_CATEGORIES", "PKU_SAFERLHF_DIMENSIONS", "PROMPTS_DIFFER",
-    "SCHEMAS", "SINGLE_RESPONSE", "TIE", "ULTRAFEEDBACK_ASPECTS", "CategoryMap", "NeedsChatTemplate", "PreferenceSet",
-    "adapt", "detect_schema", "hh_category", "index_list", "load_preferences",
+    "SCHEMAS", "SINGLE_RESPONSE", "TIE", "ULTRAFEEDBACK_ASPECTS", "CategoryMap", "DataFileError", "NeedsChatTemplate",
+    "PreferenceSet", "RowError", "UnknownSchema", "adapt", "detect_schema", "hh_category", "index_list", "load_preferences",
 ]

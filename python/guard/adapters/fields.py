@@ -8,44 +8,42 @@ from collections.abc import Callable, Mapping
 from numbers import Real
 from typing import Any
 
-from guard.adapters.pairs import NO_ASSISTANT_TURN, PROMPTS_DIFFER
+from guard.adapters.pairs import NO_ASSISTANT_TURN, PROMPTS_DIFFER, RowError
 
 
 def _need_str(row: int, name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"row {row}: field {name} is not a string (got {type(value).__name__})")
+        raise RowError(row, f"field {name} is not a string (got {type(value).__name__})")
     return value
 
 
 def _need_number(row: int, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"row {row}: field {name} is not a number (got {type(value).__name__})")
+        raise RowError(row, f"field {name} is not a number (got {type(value).__name__})")
     if math.isnan(value):
-        raise ValueError(f"row {row}: field {name} is NaN")
+        raise RowError(row, f"field {name} is NaN")
     return value
 
 
 def _messages(row: int, name: str, value: Any) -> list[dict[str, str]]:
     """A validated copy of a message list; keys whose value is None (arrow fills absent keys) are dropped."""
     if not isinstance(value, list):
-        raise ValueError(f"row {row}: field {name} is not a string or a list of messages (got {type(value).__name__})")
+        raise RowError(row, f"field {name} is not a string or a list of messages (got {type(value).__name__})")
     out = []
     for j, msg in enumerate(value):
         if not isinstance(msg, Mapping):
-            raise ValueError(f"row {row}: field {name}[{j}] is not a message dict (got {type(msg).__name__})")
+            raise RowError(row, f"field {name}[{j}] is not a message dict (got {type(msg).__name__})")
         _need_str(row, f"{name}[{j}].role", msg.get("role"))
         _need_str(row, f"{name}[{j}].content", msg.get("content"))
         out.append({k: v for k, v in msg.items() if v is not None})
     return out
 
 
-class NeedsChatTemplate(ValueError):
+class NeedsChatTemplate(RowError):
     """Conversational data (message lists) was given no chat template; `row` is the first such row."""
 
     def __init__(self, row: int | None):
-        self.row = row
-        where = f"row {row}: " if row is not None else ""
-        super().__init__(f"{where}conversational data needs a chat template: pass chat_template=...")
+        super().__init__(row, "conversational data needs a chat template: pass chat_template=...")
 
 
 class _Renderer:

@@ -4,7 +4,7 @@ conversational form (message lists; without a prompt column, whole conversations
 from __future__ import annotations
 
 from guard.adapters.fields import _conversation, _need_str, _Renderer, _turns
-from guard.adapters.pairs import DIMENSION_NOT_SELECTED
+from guard.adapters.pairs import DIMENSION_NOT_SELECTED, Drop, RowError
 
 
 def _generic_rows(rows, render: _Renderer, category: str | None, dims):
@@ -21,11 +21,11 @@ def _generic_rows(rows, render: _Renderer, category: str | None, dims):
         if conversational:
             for name, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
                 if (name != "prompt" or has_prompt) and not isinstance(v, (str, list)):
-                    raise ValueError(f"row {i}: field {name} is not a string (got {type(v).__name__})")
+                    raise RowError(i, f"field {name} is not a string (got {type(v).__name__})")
             if not has_prompt:
                 for name, v in (("chosen", chosen), ("rejected", rejected)):
                     if not isinstance(v, list):
-                        raise ValueError(f"row {i}: field {name} is not a list of messages (data without a "
+                        raise RowError(i, f"field {name} is not a list of messages (data without a "
                                          "prompt column must hold whole conversations)")
             render.require(i)
             pm = _turns(i, "prompt", prompt, "user") if has_prompt else []
@@ -36,10 +36,10 @@ def _generic_rows(rows, render: _Renderer, category: str | None, dims):
             _need_str(i, "chosen", chosen)
             _need_str(i, "rejected", rejected)
         if dims is not None and dim not in dims:
-            yield DIMENSION_NOT_SELECTED
+            yield Drop(i, DIMENSION_NOT_SELECTED)
             continue
         if conversational:
             out = _conversation(pm, cm, rm, render)
-            yield out if isinstance(out, str) else (i, *out, cat, dim)
+            yield Drop(i, out) if isinstance(out, str) else (i, *out, cat, dim)
         else:
             yield i, render.text(prompt), chosen, rejected, cat, dim

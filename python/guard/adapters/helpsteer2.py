@@ -4,7 +4,7 @@ against the first worst-scored."""
 from __future__ import annotations
 
 from guard.adapters.fields import _best_worst, _need_number, _need_str, _Renderer
-from guard.adapters.pairs import SINGLE_RESPONSE, TIE
+from guard.adapters.pairs import SINGLE_RESPONSE, TIE, Drop
 
 
 HELPSTEER2_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -21,11 +21,11 @@ def _helpsteer2_rows(rows, render: _Renderer, category: str | None, dims):
         rendered = None
         for dim in dims:
             if len(members) < 2:
-                yield SINGLE_RESPONSE
+                yield Drop(members[0][0], SINGLE_RESPONSE)
                 continue
             pick = _best_worst([(k, m[2][dim]) for k, m in enumerate(members)])
             if pick is None:
-                yield TIE
+                yield Drop(members[0][0], TIE)
                 continue
             if rendered is None:
                 rendered = render.text(prompt)

@@ -7,7 +7,7 @@ import os
 import re
 
 from guard.adapters.fields import _need_str, _Renderer
-from guard.adapters.pairs import NO_ASSISTANT_TURN, PROMPTS_DIFFER
+from guard.adapters.pairs import NO_ASSISTANT_TURN, PROMPTS_DIFFER, Drop
 
 
 # Anthropic/hh-rlhf preference subsets (folder names) -> category. red-team-attempts has another schema.
@@ -71,10 +71,10 @@ def _hh_rows(rows, render: _Renderer, category: str | None, dims):
         rejected = _need_str(i, "rejected", row.get("rejected"))
         c, r = _split_hh(chosen), _split_hh(rejected)
         if c is None or r is None:
-            yield NO_ASSISTANT_TURN
+            yield Drop(i, NO_ASSISTANT_TURN)
             continue
         if c[0] != r[0]:
-            yield PROMPTS_DIFFER
+            yield Drop(i, PROMPTS_DIFFER)
             continue
         if render.fn is None:  # raw transcript: prompt + response is the original text, byte for byte
             yield i, c[0], c[1], r[1], category, None

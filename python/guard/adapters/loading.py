@@ -8,10 +8,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from guard.adapters.fields import _Renderer
+from guard.adapters.files import csv_record_lines, is_json_file, read_json_rows
 from guard.adapters.generic import _generic_rows
 from guard.adapters.helpsteer2 import HELPSTEER2_ATTRIBUTES, _helpsteer2_rows
 from guard.adapters.hh_rlhf import _hh_rows, hh_category
-from guard.adapters.pairs import EMPTY_RESPONSE, IDENTICAL_RESPONSES, SCHEMAS, PreferenceSet
+from guard.adapters.pairs import EMPTY_RESPONSE, IDENTICAL_RESPONSES, SCHEMAS, Drop, PreferenceSet, RowError
 from guard.adapters.pku_saferlhf import PKU_SAFERLHF_DIMENSIONS, _pku_rows
 from guard.adapters.ultrafeedback import ULTRAFEEDBACK_ASPECTS, _ultrafeedback_rows
 from guard.adapters.ultrafeedback_binarized import _ultrafeedback_binarized_rows
@@ -58,6 +59,23 @@ def _is_text_column(dataset: Any, column: str) -> bool | None:
     return None if first is None else isinstance(first.get(column), str)
 
 
+class UnknownSchema(ValueError):
+    """Columns that match no schema. `describe(how)` words the error for where the schema is chosen:
+    "schema=" (the library) or "--schema NAME" (the command line)."""
+
+    def __init__(self, columns: list[str], note: str = ""):
+        self.columns, self.note = columns, note
+        super().__init__(self.describe("schema="))
+
+    def describe(self, how: str) -> str:
+        return (f"cannot tell the schema from the columns {self.columns}; expected one of: "
+                "hh_rlhf (chosen, rejected), pku_saferlhf (prompt, response_0, response_1, "
+                "better_response_id, safer_response_id, ...), ultrafeedback_binarized (prompt, chosen, "
+                "rejected, score_chosen, score_rejected), ultrafeedback (instruction, completions), "
+                "helpsteer2 (prompt, response, " + ", ".join(HELPSTEER2_ATTRIBUTES) + "), "
+                f"generic (prompt, chosen, rejected){self.note}; or pass {how}")
+
+
 def detect_schema(dataset: Any) -> str:
     """The schema name whose columns `dataset` (a datasets.Dataset or IterableDataset) has."""
     cols = set(_columns(dataset))
@@ -73,12 +91,7 @@ def detect_schema(dataset: Any) -> str:
         return "generic" if _is_text_column(dataset, "chosen") is False else "hh_rlhf"
     if {"prompt", "chosen", "rejected"} <= cols:
         return "generic"
-    raise ValueError(f"cannot tell the schema from the columns {sorted(cols)}; expected one of: "
-                     "hh_rlhf (chosen, rejected), pku_saferlhf (prompt, response_0, response_1, "
-                     "better_response_id, safer_response_id, ...), ultrafeedback_binarized (prompt, chosen, "
-                     "rejected, score_chosen, score_rejected), ultrafeedback (instruction, completions), "
-                     "helpsteer2 (prompt, response, " + ", ".join(HELPSTEER2_ATTRIBUTES) + "), "
-                     "generic (prompt, chosen, rejected); or pass schema=")
+    raise UnknownSchema(sorted(cols))
 
 
 def _iter_rows(dataset: Any) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -120,31 +133,43 @@ def adapt(dataset: Any, schema: str = "auto", *, chat_template: Any = None,
             counter["rows"] = i + 1
             yield i, row
 
-    out = PreferenceSet([], [], [], dropped={}, n_input=0, n_candidates=0, schema=schema)
-    dropped: dict[str, int] = {}
+    row_lines = row_lines_of(dataset)
+    out = PreferenceSet([], [], [], dropped={}, n_input=0, n_candidates=0, schema=schema, row_lines=row_lines)
     n_candidates = 0
-    for item in _ADAPTERS[schema](rows(), render, category, dims):
-        n_candidates += 1
-        if isinstance(item, str):
-            dropped[item] = dropped.get(item, 0) + 1
-            continue
-        row, prompt, chosen, rejected, cat, dim = item
-        if not chosen.strip() or not rejected.strip():
-            dropped[EMPTY_RESPONSE] = dropped.get(EMPTY_RESPONSE, 0) + 1
-            continue
-        if chosen == rejected:
-            dropped[IDENTICAL_RESPONSES] = dropped.get(IDENTICAL_RESPONSES, 0) + 1
-            continue
-        out.prompts.append(prompt)
-        out.chosen.append(chosen)
-        out.rejected.append(rejected)
-        out.categories.append(cat)
-        out.dimensions.append(dim)
-        out.source_rows.append(row)
-    out.dropped = dropped
+
+    def drop(row: int, reason: str) -> None:
+        out.dropped[reason] = out.dropped.get(reason, 0) + 1
+        out.dropped_rows.setdefault(reason, []).append(row)
+
+    try:
+        for item in _ADAPTERS[schema](rows(), render, category, dims):
+            n_candidates += 1
+            if isinstance(item, Drop):
+                drop(item.row, item.reason)
+                continue
+            row, prompt, chosen, rejected, cat, dim = item
+            if not chosen.strip() or not rejected.strip():
+                drop(row, EMPTY_RESPONSE)
+                continue
+            if chosen == rejected:
+                drop(row, IDENTICAL_RESPONSES)
+                continue
+            out.prompts.append(prompt)
+            out.chosen.append(chosen)
+            out.rejected.append(rejected)
+            out.categories.append(cat)
+            out.dimensions.append(dim)
+            out.source_rows.append(row)
+    except RowError as err:
+        raise err.locate(row_lines) from None
     out.n_input = counter["rows"]
     out.n_candidates = n_candidates
     return out
+
+
+def row_lines_of(dataset: Any) -> list[int] | None:
+    """The line each row of `dataset` starts on, when guard read it from a text file (see _load)."""
+    return getattr(dataset, "row_lines", None)
 
 
 def _resolve_dimensions(schema: str, dimensions: Sequence[str] | None, dataset: Any):
@@ -194,14 +219,24 @@ def _builder_for_file(path: str) -> str:
 
 
 def _load(source: Any, name: str | None, split: str | None, data_files: Any, load_kwargs: dict) -> Any:
+    """The table `source` names: a local JSON / JSON-lines file is read by guard itself (guard.adapters.files:
+    every row keeps its line, each value its own type); anything else goes through datasets.load_dataset, a
+    CSV file with the line of each record attached as `row_lines`."""
     import datasets
 
+    lines = None
     if isinstance(source, os.PathLike) or (isinstance(source, str) and os.path.isfile(source)):
         path = os.fspath(source)
         if os.path.isfile(path):
             if data_files is not None:
                 raise ValueError("source is a file; do not pass data_files= as well")
+            if is_json_file(path) and not load_kwargs.get("streaming"):
+                if split not in (None, "train"):
+                    raise ValueError(f"a single file holds one split, 'train' (got split={split!r})")
+                return read_json_rows(path)
             source, data_files = _builder_for_file(path), path
+            if source == "csv":
+                lines = csv_record_lines(path)
         else:
             source = path
     if source == "csv":
@@ -210,6 +245,8 @@ def _load(source: Any, name: str | None, split: str | None, data_files: Any, loa
     ds = datasets.load_dataset(source, name, split=split, data_files=data_files, **load_kwargs)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise ValueError(f"load_dataset returned several splits {list(ds)}; pass split=")
+    if lines is not None and len(lines) == len(ds):
+        ds.row_lines = lines
     return ds
 
 

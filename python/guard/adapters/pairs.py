@@ -41,6 +41,47 @@ EMPTY_RESPONSE = "empty response"
 IDENTICAL_RESPONSES = "identical responses"
 
 
+class RowError(ValueError):
+    """A row of the input that cannot be read, by its position: the 0-based `row` of the table, and, when the
+    table came from a text file guard read itself (guard.adapters.files), the 1-based `line` it starts on,
+    which the message then names instead ("line 8: field chosen is not a string")."""
+
+    def __init__(self, row: int | None, reason: str, line: int | None = None):
+        self.row, self.reason, self.line = row, reason, line
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else f"row {self.row}: " if self.row is not None else ""
+        return where + self.reason
+
+    def locate(self, row_lines) -> RowError:
+        """Name the row by its line in `row_lines` (a table's line per row), when there is one."""
+        if row_lines is not None and self.row is not None and 0 <= self.row < len(row_lines):
+            self.line = row_lines[self.row]
+            self.args = (self._message(),)
+        return self
+
+
+def where_row(row: int, row_lines) -> str:
+    """How a message names input row `row`: "line 8" (its line in the file) or "row 7" (0-based, no file)."""
+    return f"line {row_lines[row]}" if row_lines is not None and 0 <= row < len(row_lines) else f"row {row}"
+
+
+class Drop(tuple):
+    """What a schema's reader yields for a candidate pair it leaves out: (input row, reason)."""
+
+    def __new__(cls, row: int, reason: str):
+        return super().__new__(cls, (row, reason))
+
+    @property
+    def row(self) -> int:
+        return self[0]
+
+    @property
+    def reason(self) -> str:
+        return self[1]
+
+
 class CategoryMap:
     """A fixed, ordered list of category names; a name's id is its position.
 
@@ -155,9 +196,11 @@ class PreferenceSet:
 
     prompts[k] + chosen[k] / prompts[k] + rejected[k] are the two texts of pair k; categories[k] and
     dimensions[k] are None where the schema has none. `dropped` maps a reason to the number of
-    candidate pairs removed for it; `n_input` rows were read and `n_candidates` pairs considered, with
-    len(self) + sum(dropped.values()) == n_candidates (see the module docstring). `select` and
-    `by_dimension` keep `dropped`, `n_input` and `n_candidates` of the load they came from.
+    candidate pairs removed for it and `dropped_rows` to their input rows; `n_input` rows were read and
+    `n_candidates` pairs considered, with len(self) + sum(dropped.values()) == n_candidates (see the module
+    docstring). `row_lines[r]` is the 1-based line input row r starts on when the rows came from a text file
+    guard read itself (None otherwise): `where(r)` names a row for a message, "line 8" or "row 7". `select`
+    and `by_dimension` keep `dropped`, `n_input` and `n_candidates` of the load they came from.
     """
 
     prompts: list[str]
@@ -170,6 +213,8 @@ class PreferenceSet:
     n_input: int | None = None
     n_candidates: int | None = None
     schema: str = "generic"
+    dropped_rows: dict[str, list[int]] = field(default_factory=dict)
+    row_lines: list[int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.prompts)
@@ -194,6 +239,10 @@ class PreferenceSet:
         return (f"PreferenceSet(schema={self.schema!r}, pairs={len(self)}, n_input={self.n_input}, "
                 f"dropped={self.dropped})")
 
+    def where(self, row: int) -> str:
+        """Input row `row` as a message names it: "line 8" (a file guard read) or "row 7" (0-based)."""
+        return where_row(row, self.row_lines)
+
     @property
     def dimension_names(self) -> list[str]:
         """The dimensions present, in order of first appearance (None left out)."""
@@ -211,6 +260,7 @@ class PreferenceSet:
             categories=take(self.categories), dimensions=take(self.dimensions),
             source_rows=take(self.source_rows), dropped=dict(self.dropped), n_input=self.n_input,
             n_candidates=self.n_candidates, schema=self.schema,
+            dropped_rows={k: list(v) for k, v in self.dropped_rows.items()}, row_lines=self.row_lines,
         )
 
     def by_dimension(self, name: str) -> PreferenceSet:
@@ -251,7 +301,8 @@ class PreferenceSet:
         if not sets:
             return cls([], [], [], dropped={}, n_input=0, n_candidates=0)
         out = cls([], [], [], dropped={}, n_input=0, n_candidates=0,
-                  schema=sets[0].schema if all(s.schema == sets[0].schema for s in sets) else "mixed")
+                  schema=sets[0].schema if all(s.schema == sets[0].schema for s in sets) else "mixed",
+                  row_lines=[] if all(s.row_lines is not None for s in sets) else None)
         for s in sets:
             out.prompts += s.prompts
             out.chosen += s.chosen
@@ -261,6 +312,10 @@ class PreferenceSet:
             out.source_rows += [r + out.n_input for r in s.source_rows]
             for reason, count in s.dropped.items():
                 out.dropped[reason] = out.dropped.get(reason, 0) + count
+            for reason, rows in s.dropped_rows.items():
+                out.dropped_rows.setdefault(reason, []).extend(r + out.n_input for r in rows)
+            if out.row_lines is not None:
+                out.row_lines += s.row_lines
             out.n_input += s.n_input
             out.n_candidates += s.n_candidates
         return out

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from guard.adapters.fields import _need_str, _Renderer
-from guard.adapters.pairs import MISSING_CATEGORY
+from guard.adapters.pairs import MISSING_CATEGORY, Drop, RowError
 
 
 # PKU-SafeRLHF's 19 harm categories, in the order of the dataset card (ids 0..18).
@@ -42,12 +42,12 @@ def _pku_flags(row: int, name: str, value: Any) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, Mapping):
-        raise ValueError(f"row {row}: field {name} is not a dict of harm categories (got {type(value).__name__})")
+        raise RowError(row, f"field {name} is not a dict of harm categories (got {type(value).__name__})")
     for key, flag in value.items():
         if key not in PKU_SAFERLHF_CATEGORIES:
-            raise ValueError(f"row {row}: field {name} has unknown harm category {key!r}")
+            raise RowError(row, f"field {name} has unknown harm category {key!r}")
         if flag is not None and not isinstance(flag, bool):
-            raise ValueError(f"row {row}: field {name}[{key!r}] is not a bool (got {type(flag).__name__})")
+            raise RowError(row, f"field {name}[{key!r}] is not a bool (got {type(flag).__name__})")
     return [cat for cat in PKU_SAFERLHF_CATEGORIES if value.get(cat)]
 
 
@@ -63,7 +63,7 @@ def _pku_rows(rows, render: _Renderer, category: str | None, dims):
         for dim, col in (("helpful", "better_response_id"), ("harmless", "safer_response_id")):
             v = row.get(col)
             if isinstance(v, bool) or v not in (0, 1):
-                raise ValueError(f"row {i}: field {col} must be 0 or 1 (got {v!r})")
+                raise RowError(i, f"field {col} must be 0 or 1 (got {v!r})")
             ids[dim] = int(v)
         rendered = None
         for dim in dims:
@@ -73,7 +73,7 @@ def _pku_rows(rows, render: _Renderer, category: str | None, dims):
             if has_categories:
                 flagged = flags[lose] or flags[win]
                 if not flagged:
-                    yield MISSING_CATEGORY
+                    yield Drop(i, MISSING_CATEGORY)
                     continue
                 cat = flagged[0]
             if rendered is None:

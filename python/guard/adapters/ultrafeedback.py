@@ -8,7 +8,7 @@ from numbers import Real
 from typing import Any
 
 from guard.adapters.fields import _best_worst, _need_str, _Renderer
-from guard.adapters.pairs import SINGLE_RESPONSE, TIE
+from guard.adapters.pairs import SINGLE_RESPONSE, TIE, Drop, RowError
 
 
 ULTRAFEEDBACK_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
@@ -24,10 +24,10 @@ def _uf_rating(row: int, name: str, value: Any) -> float | None:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"row {row}: field {name} is not a rating (got {value!r})") from None
+            raise RowError(row, f"field {name} is not a rating (got {value!r})") from None
     if isinstance(value, Real) and not isinstance(value, bool):
         return float(value)
-    raise ValueError(f"row {row}: field {name} is not a rating (got {type(value).__name__})")
+    raise RowError(row, f"field {name} is not a rating (got {type(value).__name__})")
 
 
 def _ultrafeedback_rows(rows, render: _Renderer, category: str | None, dims):
@@ -35,11 +35,11 @@ def _ultrafeedback_rows(rows, render: _Renderer, category: str | None, dims):
         prompt = _need_str(i, "instruction", row.get("instruction"))
         completions = row.get("completions")
         if not isinstance(completions, list):
-            raise ValueError(f"row {i}: field completions is not a list (got {type(completions).__name__})")
+            raise RowError(i, f"field completions is not a list (got {type(completions).__name__})")
         responses, ratings = [], []
         for k, comp in enumerate(completions):
             if not isinstance(comp, Mapping):
-                raise ValueError(f"row {i}: field completions[{k}] is not a dict (got {type(comp).__name__})")
+                raise RowError(i, f"field completions[{k}] is not a dict (got {type(comp).__name__})")
             responses.append(_need_str(i, f"completions[{k}].response", comp.get("response")))
             notes = comp.get("annotations") or {}
             per = {}
@@ -51,12 +51,12 @@ def _ultrafeedback_rows(rows, render: _Renderer, category: str | None, dims):
         rendered = None
         for aspect in dims:
             if len(completions) < 2:
-                yield SINGLE_RESPONSE
+                yield Drop(i, SINGLE_RESPONSE)
                 continue
             rated = [(k, r[aspect]) for k, r in enumerate(ratings) if r[aspect] is not None]
             pick = _best_worst(rated) if len(rated) >= 2 else None
             if pick is None:
-                yield TIE
+                yield Drop(i, TIE)
                 continue
             if rendered is None:
                 rendered = render.text(prompt)

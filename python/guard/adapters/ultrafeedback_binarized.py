@@ -4,7 +4,7 @@ with a prompt column and string responses)."""
 from __future__ import annotations
 
 from guard.adapters.fields import _conversation, _need_number, _need_str, _Renderer, _turns
-from guard.adapters.pairs import TIE
+from guard.adapters.pairs import TIE, Drop
 
 
 def _ultrafeedback_binarized_rows(rows, render: _Renderer, category: str | None, dims):
@@ -15,14 +15,14 @@ def _ultrafeedback_binarized_rows(rows, render: _Renderer, category: str | None,
         if isinstance(chosen, str) and isinstance(rejected, str):  # a flattened copy: prompt column + strings
             prompt = _need_str(i, "prompt", row.get("prompt"))
             if score_c == score_r:
-                yield TIE
+                yield Drop(i, TIE)
                 continue
             yield i, render.text(prompt), chosen, rejected, category, None
             continue
         render.require(i)
         cm, rm = _turns(i, "chosen", chosen, "assistant"), _turns(i, "rejected", rejected, "assistant")
         if score_c == score_r:
-            yield TIE
+            yield Drop(i, TIE)
             continue
         # The published rows hold whole conversations (user turn included); a bare assistant reply
         # answers the prompt column.
@@ -31,4 +31,4 @@ def _ultrafeedback_binarized_rows(rows, render: _Renderer, category: str | None,
         else:
             pm = [{"role": "user", "content": _need_str(i, "prompt", row.get("prompt"))}]
         out = _conversation(pm, cm, rm, render)
-        yield out if isinstance(out, str) else (i, *out, category, None)
+        yield Drop(i, out) if isinstance(out, str) else (i, *out, category, None)

@@ -171,8 +171,8 @@ def write_plots(out: Path, r: Rewards, prefix: str, label: str) -> list[tuple[st
              (f"{prefix}ecdf_by_category.png", f"{label}: reward ECDF by category"),
              (f"{prefix}chosen_vs_rejected.png", f"{label}: chosen vs rejected rewards"),
              (f"{prefix}chosen_vs_rejected_ecdf.png", f"{label}: chosen vs rejected ECDF")]
-    plots.reward_histograms(out / files[0][0], groups, files[0][1])
-    plots.ecdf(out / files[1][0], groups, files[1][1], "reward")
+    plots.reward_histograms(out / files[0][0], groups, files[0][1], pooled_pairs=True)
+    plots.ecdf(out / files[1][0], groups, files[1][1], "reward", pooled_pairs=True)
     plots.chosen_rejected_histogram(out / files[2][0], r.chosen, r.rejected, files[2][1])
     plots.ecdf(out / files[3][0], {"chosen": r.chosen, "rejected": r.rejected}, files[3][1], "reward")
     return files

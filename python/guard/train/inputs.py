@@ -7,7 +7,6 @@ category ids and margins, with every row set aside counted by reason, and the fi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,25 +15,23 @@ from pathlib import Path
 import numpy as np
 
 from guard import data as gdata
-from guard.adapters import CategoryMap, NeedsChatTemplate, PreferenceSet, load_preferences
+from guard.adapters import (
+    CategoryMap,
+    DataFileError,
+    NeedsChatTemplate,
+    PreferenceSet,
+    RowError,
+    UnknownSchema,
+    load_preferences,
+)
 from guard.config import ConfigError
 
 #: The category given to every pair of data that has none (a single-category run: no fairness term).
 NO_CATEGORY = "all"
-
-
-def _first_bad_json_line(path: Path) -> str | None:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                return f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno})"
-            if not isinstance(row, dict):
-                return f"{path} line {number}: expected a JSON object, got {type(row).__name__}"
-    return None
+#: How many of a reason's rows the console, report.md and summary.json name ("line 8", or "row 7").
+SHOWN_ROWS = 5
+#: The reason a pair is set aside when --max-length leaves its two sequences the same tokens.
+IDENTICAL_AFTER_TRUNCATION = "chosen and rejected identical after truncation to --max-length"
 
 
 def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", dimensions: Sequence[str] | None = None,
@@ -42,7 +39,7 @@ def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", di
                   loader: Callable = load_preferences, items: str = "preference pairs"):
     """A PreferenceSet (or what `loader` returns: guard.prompts.load_prompts gives a PromptSet of `items`
     "prompts") from a local file/folder or a hub dataset name, with every failure turned into one clear
-    ConfigError naming the source (a malformed JSON line by its number). Plain-text prompts are used as they
+    ConfigError naming the source and, for a file, the line (else the 0-based row). Plain-text prompts are used as they
     are; `chat_template` (a tokenizer with one, or None) renders conversational data only. A dimension asked
     for in `dimensions` that has no data is an error."""
     if not source:
@@ -52,12 +49,8 @@ def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", di
         ".jsonl", ".json", ".parquet", ".csv")
     if looks_local and not path.exists():
         raise ConfigError(f"{what} not found: {source} (no such file or directory)")
-    if path.is_file() and path.suffix in (".jsonl", ".json") and path.stat().st_size == 0:
+    if path.is_file() and path.suffix in (".jsonl", ".json", ".csv") and path.stat().st_size == 0:
         raise ConfigError(f"{what} {source} is empty: no {items} to train on")
-    if path.is_file() and path.suffix == ".jsonl":  # name the bad line before datasets' parser gets to it
-        bad = _first_bad_json_line(path)
-        if bad:
-            raise ConfigError(bad)
 
     def load(template, dims):
         try:
@@ -66,10 +59,16 @@ def load_pair_set(source: str, *, split: str = "train", schema: str = "auto", di
         except NeedsChatTemplate as err:
             if template is None and chat_template is not None:  # conversational: render with the template
                 return load(chat_template, dims)
-            where = f" row {err.row}" if err.row is not None else ""
+            where = f" {err.args[0].split(':')[0]}" if err.row is not None else ""
             raise ConfigError(f"{what} {source}{where}: conversational data (lists of messages) needs a chat "
                               f"template, and {tokenizer_name} has none; pass --chat-template FILE (a Jinja template) "
                               "or a --tokenizer that has one") from err
+        except DataFileError as err:
+            raise ConfigError(f"{what} {err}") from err
+        except RowError as err:
+            raise ConfigError(f"{what} {source} {err}") from err
+        except UnknownSchema as err:
+            raise ConfigError(f"{what} {source}: {err.describe('--schema NAME')}") from err
         except Exception as err:  # noqa: BLE001 - every loader failure becomes one readable message
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ConfigError(f"cannot read {what} {source}: {reason}") from err
@@ -100,22 +99,19 @@ def chat_template_source(hf_tok, template_file: str | None):
 
 def load_margins(source: str, pairs: PreferenceSet, column: str, *, split: str = "train") -> np.ndarray:
     """The per-pair margin column (float) of generic-schema data, aligned with `pairs` by source row."""
-    import datasets
+    from guard.adapters.loading import _load
 
-    path = Path(source).expanduser()
-    if path.is_file():
-        builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
-        table = datasets.load_dataset(builder, data_files=str(path), split=split)
-    else:
-        table = datasets.load_dataset(source, split=split)
+    local = Path(source).expanduser()
+    table = _load(str(local) if local.exists() else source, None, split, None, {})
     if column not in table.column_names:
         raise ConfigError(f"margin column {column!r} is not in {source} (columns: {table.column_names})")
-    values = table[column]
+    values = [value for batch in table.iter(batch_size=4096) for value in batch[column]]
     out = np.empty(len(pairs), dtype=np.float32)
     for k, row in enumerate(pairs.source_rows):
         value = values[row]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{source} row {row}: margin column {column!r} is not a finite number (got {value!r})")
+            raise ConfigError(f"{source} {pairs.where(row)}: margin column {column!r} is not a finite number "
+                              f"(got {value!r})")
         out[k] = value
     return out
 
@@ -123,7 +119,9 @@ def load_margins(source: str, pairs: PreferenceSet, column: str, *, split: str =
 @dataclass
 class PairData:
     """Tokenized preference pairs ready for batching: row k of `encoded` is pair k, with its category id and
-    margin. `set_aside` counts every input row or pair left out, by stage and reason."""
+    margin. `set_aside` counts every input row or pair left out, by stage and reason, and `set_aside_rows`
+    names the first SHOWN_ROWS of each ("line 8"); `truncated` pairs were kept with a sequence cut to the
+    --max-length budget."""
 
     encoded: gdata.EncodedPairs
     categories: np.ndarray  # int64 [n]: index into category_names
@@ -132,9 +130,21 @@ class PairData:
     set_aside: dict[str, int] = field(default_factory=dict)
     rows_read: int = 0
     rows: np.ndarray | None = None  # int64 [n]: each pair's position in the loaded PreferenceSet
+    set_aside_rows: dict[str, list[str]] = field(default_factory=dict)
+    truncated: int = 0
 
     def __len__(self) -> int:
         return len(self.encoded)
+
+
+def note_set_aside(counts: dict[str, int], shown: dict[str, list[str]], reason: str, rows, where) -> None:
+    """Count `rows` (input rows) under `reason` and name the first SHOWN_ROWS of the reason with `where(row)`."""
+    rows = [int(r) for r in rows]
+    if not rows:
+        return
+    counts[reason] = counts.get(reason, 0) + len(rows)
+    names = shown.setdefault(reason, [])
+    names.extend(where(r) for r in rows[:max(0, SHOWN_ROWS - len(names))])
 
 
 def category_map(train: PreferenceSet, order: Sequence[str] | None) -> CategoryMap:
@@ -146,7 +156,7 @@ def category_map(train: PreferenceSet, order: Sequence[str] | None) -> CategoryM
         return CategoryMap([NO_CATEGORY])
     if any(c is None for c in train.categories):
         row = train.source_rows[next(k for k, c in enumerate(train.categories) if c is None)]
-        raise ConfigError(f"training data row {row}: no category, while other rows have one")
+        raise ConfigError(f"training data {train.where(row)}: no category, while other rows have one")
     return train.category_map()
 
 
@@ -157,7 +167,7 @@ def categories_of(items, cmap: CategoryMap, what: str) -> np.ndarray:
     labels = [NO_CATEGORY if c is None and len(cmap) == 1 and NO_CATEGORY in cmap else c for c in items.categories]
     unknown = next((k for k, label in enumerate(labels) if label not in cmap), None)
     if unknown is not None:
-        raise ConfigError(f"{what} row {items.source_rows[unknown]}: unknown category {labels[unknown]!r}; "
+        raise ConfigError(f"{what} {items.where(items.source_rows[unknown])}: unknown category {labels[unknown]!r}; "
                           f"known: {list(cmap.names)}")
     return cmap.ids(labels)
 
@@ -167,26 +177,50 @@ def tokenize_pairs(pairs: PreferenceSet, tok: gdata.Tokenizer, cmap: CategoryMap
                    what: str = "data") -> PairData:
     """Categories -> ids (an unknown category is an error naming its row), exact dedup of (prompt, chosen,
     rejected) keeping first occurrences, and tokenization with rows that cannot be encoded set aside by
-    reason. Each sequence is prompt + response (+ EOS), as guard.data.encode_pairs builds it."""
-    set_aside = {f"dropped by the {pairs.schema} adapter: {reason}": n for reason, n in pairs.dropped.items() if n}
+    reason. Each sequence is prompt + response (+ EOS), as guard.data.encode_pairs builds it. Pairs cut to
+    --max-length are counted (`truncated`), and a pair whose two sequences the cut leaves the same tokens is
+    set aside (its preference can no longer be seen)."""
+    counts: dict[str, int] = {}
+    shown: dict[str, list[str]] = {}
+    for reason, n in pairs.dropped.items():
+        rows = pairs.dropped_rows.get(reason)
+        if rows is not None:
+            note_set_aside(counts, shown, f"dropped by the {pairs.schema} adapter: {reason}", rows, pairs.where)
+        elif n:  # a set built by hand may count its drops without naming them
+            counts[f"dropped by the {pairs.schema} adapter: {reason}"] = n
     category_ids = categories_of(pairs, cmap, what)
+    source_rows = np.asarray(pairs.source_rows, dtype=np.int64)
 
     # A pair is its prompt with both responses; the length prefix makes (chosen, rejected) -> key one to one.
     keep = gdata.dedup(pairs.prompts, [f"{len(c)}:{c}{r}" for c, r in zip(pairs.chosen, pairs.rejected)])
-    if len(keep) < len(pairs):
-        set_aside["duplicate pairs removed"] = len(pairs) - len(keep)
+    duplicates = np.setdiff1d(np.arange(len(pairs)), keep)
+    note_set_aside(counts, shown, "duplicate pairs removed", source_rows[duplicates], pairs.where)
     kept = pairs.select(keep)
-    encoded = gdata.encode_pairs(tok, kept.prompts, kept.chosen, kept.rejected, max_length=max_length,
-                                 max_prompt_length=max_prompt_length, eos_token_id=eos_token_id, errors="skip")
+    encode = dict(max_prompt_length=max_prompt_length, eos_token_id=eos_token_id, errors="skip")
+    encoded = gdata.encode_pairs(tok, kept.prompts, kept.chosen, kept.rejected, max_length=max_length, **encode)
     for reason, rows in encoded.dropped.items():
-        if rows:
-            set_aside[f"tokenization: {reason}"] = len(rows)
+        note_set_aside(counts, shown, f"tokenization: {reason}", source_rows[keep[np.asarray(rows, dtype=np.int64)]],
+                       pairs.where)
     rows = keep[encoded.kept]
     if len(rows) == 0:
-        raise ConfigError(f"{what}: no pair survived tokenization (set aside: {set_aside})")
-    return PairData(encoded=encoded, categories=category_ids[rows], category_names=cmap.names,
-                    margins=None if margins is None else margins[rows], set_aside=set_aside,
-                    rows_read=int(pairs.n_input or 0), rows=rows)
+        raise ConfigError(f"{what}: no pair survived tokenization (set aside: {counts})")
+    data = PairData(encoded=encoded, categories=category_ids[rows], category_names=cmap.names,
+                    margins=None if margins is None else margins[rows], set_aside=counts,
+                    rows_read=int(pairs.n_input or 0), rows=rows, set_aside_rows=shown)
+
+    # Truncation: a sequence at the budget may have been cut; the same pairs encoded without it tell.
+    at_budget = np.flatnonzero((encoded.lengths >= max_length).any(axis=1))
+    if len(at_budget):
+        picked = kept.select(encoded.kept[at_budget])
+        whole = gdata.encode_pairs(tok, picked.prompts, picked.chosen, picked.rejected, max_length=None, **encode)
+        data.truncated = int((whole.lengths > encoded.lengths[at_budget][whole.kept]).any(axis=1).sum())
+    same = [k for k in at_budget if np.array_equal(encoded.chosen[k], encoded.rejected[k])]
+    if same:
+        note_set_aside(counts, shown, IDENTICAL_AFTER_TRUNCATION, source_rows[rows[same]], pairs.where)
+        data = subset(data, np.setdiff1d(np.arange(len(data)), same))
+    if len(data) == 0:
+        raise ConfigError(f"{what}: no pair left after tokenization (set aside: {counts})")
+    return data
 
 
 @dataclass
@@ -200,6 +234,8 @@ class PromptData:
     set_aside: dict[str, int]
     truncated: int = 0
     rows: np.ndarray | None = None  # int64 [n]: each prompt's position in the loaded PromptSet
+    set_aside_rows: dict[str, list[str]] = field(default_factory=dict)  # the first rows of each reason, named
+    rows_read: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -208,18 +244,26 @@ class PromptData:
         rows = np.asarray(rows, dtype=np.int64)
         return PromptData([self.ids[r] for r in rows], [self.texts[r] for r in rows], self.categories[rows],
                           self.category_names, self.set_aside, self.truncated,
-                          None if self.rows is None else self.rows[rows])
+                          None if self.rows is None else self.rows[rows], self.set_aside_rows, self.rows_read)
 
 
 def tokenize_prompts(prompts, tok: gdata.Tokenizer, cmap, max_prompt_length: int | None, what: str) -> PromptData:
     """Category ids (an unknown category is an error naming its row) and token ids (the last
     max_prompt_length kept); prompts that cannot be tokenized are set aside by reason."""
-    set_aside = {f"dropped by the {prompts.schema} loader: {reason}": n for reason, n in prompts.dropped.items() if n}
+    set_aside: dict[str, int] = {}
+    shown: dict[str, list[str]] = {}
+    for reason, n in prompts.dropped.items():
+        rows = prompts.dropped_rows.get(reason)
+        if rows is not None:
+            note_set_aside(set_aside, shown, f"dropped by the {prompts.schema} loader: {reason}", rows, prompts.where)
+        elif n:
+            set_aside[f"dropped by the {prompts.schema} loader: {reason}"] = n
     category_ids = categories_of(prompts, cmap, what)
     encoded = gdata.encode_texts(tok, prompts.prompts, add_special_tokens=True, errors="skip")
+    source_rows = np.asarray(prompts.source_rows, dtype=np.int64)
     for reason, rows in encoded.dropped.items():
-        if rows:
-            set_aside[f"tokenization: {reason}"] = len(rows)
+        note_set_aside(set_aside, shown, f"tokenization: {reason}", source_rows[np.asarray(rows, dtype=np.int64)],
+                       prompts.where)
     ids, truncated = [], 0
     for k in range(len(encoded)):
         row = encoded[k]
@@ -230,7 +274,7 @@ def tokenize_prompts(prompts, tok: gdata.Tokenizer, cmap, max_prompt_length: int
     if not ids:
         raise ConfigError(f"{what}: no prompt survived tokenization (set aside: {set_aside})")
     return PromptData(ids, [prompts.prompts[k] for k in kept], category_ids[kept], cmap.names, set_aside, truncated,
-                      kept)
+                      kept, shown, int(prompts.n_input or 0))
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +302,7 @@ def subset(data: PairData, rows: np.ndarray) -> PairData:
                                  enc.rejected_prompt_lengths[rows], enc.kept[rows], enc.dropped)
     return PairData(encoded, data.categories[rows], data.category_names,
                     None if data.margins is None else data.margins[rows], dict(data.set_aside), data.rows_read,
-                    None if data.rows is None else data.rows[rows])
+                    None if data.rows is None else data.rows[rows], dict(data.set_aside_rows), data.truncated)
 
 
 @dataclass
@@ -268,6 +312,31 @@ class TrainEval:
     train: PairData
     eval: PairData
     set_aside: dict[str, int]  # every row or pair left out of train + eval, by stage and reason
+    set_aside_rows: dict[str, list[str]] = field(default_factory=dict)  # the first rows of each reason, named
+    truncated: int = 0  # pairs kept with a sequence cut to --max-length
+
+    def accounting(self) -> dict:
+        """What the data stage did, for summary.json and report.md."""
+        return {"rows_read": self.train.rows_read, "train_pairs": len(self.train), "eval_pairs": len(self.eval),
+                "truncated_pairs": self.truncated, "set_aside": dict(self.set_aside),
+                "set_aside_rows": dict(self.set_aside_rows)}
+
+    def describe(self, what: str = "data") -> str:
+        """The lines the run prints before training: pairs kept, pairs cut, every reason rows were set aside."""
+        cut = [f"{self.truncated} pairs kept with a sequence cut at its end to --max-length"] if self.truncated else []
+        return describe_set_aside(f"{what}: {self.train.rows_read} rows read -> {len(self.train)} training + "
+                                  f"{len(self.eval)} held-out pairs", self.set_aside, self.set_aside_rows, cut)
+
+
+def describe_set_aside(head: str, set_aside: dict[str, int], set_aside_rows: dict[str, list[str]],
+                       notes: Sequence[str] = ()) -> str:
+    """`head`, then one line per reason rows were set aside (count, reason, the first rows named), then `notes`."""
+    lines = [head + ("; nothing set aside" if not set_aside else "; set aside:")]
+    for reason, n in set_aside.items():
+        named = set_aside_rows.get(reason, [])
+        more = ", ..." if n > len(named) else ""
+        lines.append(f"  {n:>6}  {reason}" + (f" ({', '.join(named)}{more})" if named else ""))
+    return "\n".join(lines + [f"  {note}" for note in notes])
 
 
 def load_train_eval(cfg, tok: gdata.Tokenizer, eos_token_id: int | None, chat_template=None) -> TrainEval:
@@ -291,10 +360,12 @@ def load_train_eval(cfg, tok: gdata.Tokenizer, eos_token_id: int | None, chat_te
                                   **encode)
         set_aside = {f"train {k}": v for k, v in train.set_aside.items()}
         set_aside.update({f"eval {k}": v for k, v in held_out.set_aside.items()})
-    else:
-        train_rows, eval_rows = holdout_split(len(train), cfg.eval_fraction, cfg.seed)
-        train, held_out, set_aside = subset(train, train_rows), subset(train, eval_rows), train.set_aside
-    return TrainEval(train, held_out, set_aside)
+        shown = {f"train {k}": v for k, v in train.set_aside_rows.items()}
+        shown.update({f"eval {k}": v for k, v in held_out.set_aside_rows.items()})
+        return TrainEval(train, held_out, set_aside, shown, train.truncated + held_out.truncated)
+    train_rows, eval_rows = holdout_split(len(train), cfg.eval_fraction, cfg.seed)
+    return TrainEval(subset(train, train_rows), subset(train, eval_rows), train.set_aside, train.set_aside_rows,
+                     train.truncated)
 
 
 def model_tokenizer(model: str, tokenizer: str | None):

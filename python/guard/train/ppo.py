@@ -49,7 +49,7 @@ from guard import data as gdata
 from guard.config import ConfigError
 from guard.report import Report, format_table
 from guard.rollout import GenerationSettings, RewardScorer, Rollout, answer, concat_rollouts, generate
-from guard.train import inputs, loop, options, rundir, session
+from guard.train import inputs, loop, options, reports, rundir, session
 from guard.train.options import PPOConfig
 from guard.train.pref import hidden_forward
 
@@ -76,7 +76,10 @@ def load_prompt_data(cfg: PPOConfig, tok: gdata.Tokenizer, chat_template
                                     f"eval prompts {cfg.eval_data}")
         set_aside = {f"train {k}": v for k, v in train.set_aside.items()}
         set_aside.update({f"eval {k}": v for k, v in held_out.set_aside.items()})
+        shown = {f"train {k}": v for k, v in train.set_aside_rows.items()}
+        shown.update({f"eval {k}": v for k, v in held_out.set_aside_rows.items()})
         train.set_aside = held_out.set_aside = set_aside
+        train.set_aside_rows = held_out.set_aside_rows = shown
         return train, held_out
     train_rows, eval_rows = inputs.holdout_split(len(train), cfg.eval_fraction, cfg.seed)
     return train.select(train_rows), train.select(eval_rows)
@@ -400,6 +403,11 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
     check_ppo_options(cfg, dist)
     settings = GenerationSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, stop_token_ids(cfg, hf_tok))
     prompts, held_out = load_prompt_data(cfg, tok, inputs.chat_template_source(hf_tok, cfg.chat_template))
+    if dist.is_main:
+        cut = [f"{prompts.truncated + held_out.truncated} prompts cut to their last {cfg.max_prompt_length} tokens"]
+        print(inputs.describe_set_aside(f"data: {prompts.rows_read} rows read -> {len(prompts)} training + "
+                                        f"{len(held_out)} held-out prompts", prompts.set_aside, prompts.set_aside_rows,
+                                        cut), flush=True)
     run_dir = rundir.start_run(Path(cfg.output_dir), cfg, cfg, dist)
     schedule = loop.plan_steps(cfg, len(prompts), "training prompts")
     device, autocast = dist.device, dist.device.type == "cuda" and cfg.bf16
@@ -475,7 +483,10 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
 
     # Held-out prompts, the model, the report
     summary = {"steps": schedule.total_steps, "kl_coef": ctl.value,
-               **evaluate(cfg, model, reference, scorer, held_out, settings, hf_tok, dist, autocast, run_dir)}
+               **evaluate(cfg, model, reference, scorer, held_out, settings, hf_tok, dist, autocast, run_dir),
+               "data": {"rows_read": prompts.rows_read, "train_prompts": len(prompts), "eval_prompts": len(held_out),
+                        "truncated_prompts": prompts.truncated + held_out.truncated,
+                        "set_aside": dict(prompts.set_aside), "set_aside_rows": dict(prompts.set_aside_rows)}}
     state = distributed.full_state_dict(model, dist)
     if dist.is_main:
         models.save_pretrained(model, run_dir / "model", tokenizer=hf_tok, state_dict=state,
@@ -523,10 +534,9 @@ def write_report(run_dir: Path, cfg: PPOConfig, prompts: inputs.PromptData, held
     samples = jsonfiles.read_jsonl(run_dir / "samples.jsonl")[:5]
     report.table([{"prompt": s["prompt"][-80:], "reference": s["reference"][:120], "score": s["reference_score"],
                    "policy": s["policy"][:120], "score ": s["policy_score"]} for s in samples])
-    report.heading("Data set aside", 2)
-    report.text(f"Prompts cut to their last {cfg.max_prompt_length} tokens: {prompts.truncated + held_out.truncated}. "
-                "Every row left out, by stage and reason (none: nothing was set aside):")
-    report.table([{"reason": k, "count": v} for k, v in prompts.set_aside.items()] or [{"reason": "none", "count": 0}])
+    reports.data_section(report, prompts.rows_read, prompts.set_aside, prompts.set_aside_rows,
+                         [f"Prompts cut to their last {cfg.max_prompt_length} tokens: "
+                          f"{prompts.truncated + held_out.truncated}."])
     report.write(run_dir / "report.md")
 
 

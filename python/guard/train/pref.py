@@ -301,7 +301,8 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
         reference_eval = all_logps(model, data.eval, cfg, hf_tok.pad_token_id, dist, autocast, adapter=False)
     chosen, rejected = cfg.beta * (policy - reference_eval)
     eval_names = [names[c] for c in data.eval.categories]
-    extra = dict(loss=cfg.loss, beta=cfg.beta, lambda_adv=cfg.lambda_adv, margin=float(np.mean(chosen - rejected)))
+    extra = dict(loss=cfg.loss, beta=cfg.beta, lambda_adv=cfg.lambda_adv, margin=float(np.mean(chosen - rejected)),
+                 data=data.accounting())
     intro = (f"Policy `{init_model or cfg.model}` ({'LoRA' if cfg.lora else 'full fine-tuning'}), loss `{cfg.loss}`, "
              f"β = {cfg.beta:g}, λ = {cfg.lambda_adv:g}, data `{cfg.data}`"
              f"{' (dimension ' + ', '.join(cfg.dimensions) + ')' if cfg.dimensions else ''}, {len(data.train)} "
@@ -374,6 +375,9 @@ def run_spo(cfg: PrefConfig, hf_tok, tok: gdata.Tokenizer, eos: int | None, dist
                           "of the one before")
     template = inputs.chat_template_source(hf_tok, cfg.chat_template)
     datas = [inputs.load_train_eval(replace(cfg, dimensions=[d]), tok, eos, template) for d in dims]
+    if dist.is_main:
+        for d, data in zip(dims, datas):
+            print(data.describe(f"data of dimension {d!r}"), flush=True)
     out = rundir.prepare_run_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite, is_main=dist.is_main)
     cache = out / "spo-cache"
     if dist.is_main:
@@ -462,6 +466,8 @@ def run(cfg: PrefConfig) -> dict | list[dict]:
         if cfg.loss == "spo":
             return run_spo(cfg, hf_tok, tok, eos, dist)
         data = inputs.load_train_eval(cfg, tok, eos, inputs.chat_template_source(hf_tok, cfg.chat_template))
+        if dist.is_main:
+            print(data.describe(), flush=True)
         summary = train_one(cfg, Path(cfg.output_dir), data, hf_tok, dist)
         if dist.is_main:
             print(format_table([{"held-out metric": label, cfg.loss: summary.get(key)} for label, key in SUMMARY_ROWS]))

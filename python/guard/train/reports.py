@@ -26,7 +26,8 @@ def write_reward_report(run_dir: Path, title: str, intro: str, data: TrainEval, 
 
     names = np.asarray(eval_names)
     by_category = {c: np.concatenate([chosen[names == c], rejected[names == c]]) for c in dict.fromkeys(eval_names)}
-    plots.reward_histograms(run_dir / "rewards_by_category.png", by_category, f"held-out {what} by category ({title})")
+    plots.reward_histograms(run_dir / "rewards_by_category.png", by_category, f"held-out {what} by category ({title})",
+                            pooled_pairs=True)
     plots.chosen_rejected_histogram(run_dir / "chosen_vs_rejected.png", chosen, rejected,
                                     f"held-out {what}, chosen vs rejected ({title})")
     history = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
@@ -44,8 +45,21 @@ def write_reward_report(run_dir: Path, title: str, intro: str, data: TrainEval, 
     report.image("chosen_vs_rejected.png", f"chosen vs rejected {what}")
     report.heading("Training", 2)
     report.image("training_curves.png", "training curves")
-    report.heading("Data set aside", 2)
-    report.text(f"Rows read: {data.train.rows_read}. Every row or pair left out, by stage and reason "
-                "(none: nothing was set aside):")
-    report.table([{"reason": k, "count": v} for k, v in data.set_aside.items()] or [{"reason": "none", "count": 0}])
+    data_section(report, data.train.rows_read, data.set_aside, data.set_aside_rows,
+                 [f"Training pairs: {len(data.train)}; held-out pairs: {len(data.eval)}.",
+                  f"Pairs kept with a sequence cut at its end to --max-length: {data.truncated}."])
     report.write(run_dir / "report.md")
+
+
+def data_section(report, rows_read: int, set_aside: dict[str, int], set_aside_rows: dict[str, list[str]],
+                 notes: Sequence[str] = ()) -> None:
+    """The report's "Data" section: rows read, `notes`, and every reason rows were set aside with the first rows
+    of each named as the input names them ("line 8"), or that nothing was."""
+    report.heading("Data", 2)
+    report.text(" ".join([f"Rows read: {rows_read}.", *notes]))
+    if not set_aside:
+        report.text("Nothing was set aside.")
+        return
+    report.text("Rows or pairs set aside, by stage and reason:")
+    report.table([{"reason": k, "count": n, "first rows": ", ".join(set_aside_rows.get(k, [])) or "-"}
+                  for k, n in set_aside.items()])

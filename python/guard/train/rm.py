@@ -130,7 +130,8 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
     chosen, rejected = score_pairs(model, data.eval, cfg.eval_batch_size, hf_tok.pad_token_id, dist, autocast)
     eval_names = [names[c] for c in data.eval.categories]
     margin = 0.0 if data.eval.margins is None else data.eval.margins.astype(np.float64)
-    extra = {"bt_loss": float(np.mean(np.logaddexp(0.0, -(chosen - rejected - margin)))), "lambda_adv": lambda_adv}
+    extra = {"bt_loss": float(np.mean(np.logaddexp(0.0, -(chosen - rejected - margin)))), "lambda_adv": lambda_adv,
+             "data": data.accounting()}
     return session.finish_run(
         run_dir, model, hf_tok, dist, save_adapter=cfg.save_adapter, eval_names=eval_names, chosen=chosen,
         rejected=rejected, seed=cfg.seed, extra=extra,
@@ -196,6 +197,8 @@ def run(cfg: RMConfig, labels: list[str] | None = None) -> list[dict]:
     """Every λ of cfg.lambda_adv on the same data, model init and batch order; returns their summaries."""
     with session.recipe_session(cfg, cfg.lambda_adv) as (dist, hf_tok, tok, eos):
         data = load_data(cfg, tok, eos, inputs.chat_template_source(hf_tok, cfg.chat_template))
+        if dist.is_main:
+            print(data.describe(), flush=True)
         out = Path(cfg.output_dir)
         sweep = len(cfg.lambda_adv) > 1
         summaries = []
