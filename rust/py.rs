@@ -127,7 +127,7 @@ fn put_flat<'py>(dict: &Bound<'py, PyDict>, prefix: &str, flat: Flat) -> PyResul
     Ok(())
 }
 
-/// A Hugging Face tokenizer.json, loaded by the Rust `tokenizers` crate (see rust/tokenize.rs).
+/// A Hugging Face tokenizer.json, loaded by the Rust `tokenizers` crate (see rust/tokenize/).
 #[pyclass(frozen, module = "guard._rust")]
 struct Tokenizer {
     inner: Arc<Tok>,

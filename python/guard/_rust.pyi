@@ -18,7 +18,7 @@ def dedup(prompts: Sequence[str], responses: Sequence[str]) -> npt.NDArray[np.in
     """
 
 class Tokenizer:
-    """A Hugging Face tokenizer.json loaded by the Rust ``tokenizers`` crate (rust/tokenize.rs).
+    """A Hugging Face tokenizer.json loaded by the Rust ``tokenizers`` crate (rust/tokenize/).
 
     Ids equal the Python ``tokenizers`` package's ``encode(text, add_special_tokens).ids``; the file's
     own truncation and padding settings are switched off on load.

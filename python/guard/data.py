@@ -9,7 +9,7 @@
     row = gd.packed_batch(pairs, batches[0])                  # one row + position_ids, cu_seqlens
     grouped = gd.group_by_length(pairs.lengths, 16384)        # or: length-grouped batches to pad
 
-The heavy work runs in Rust with the GIL released (rust/: tokenize.rs, dedup.rs, pack.rs); this file
+The heavy work runs in Rust with the GIL released (rust/: tokenize/, dedup.rs, pack.rs); this file
 adapts arguments and builds batches with numpy.
 
 Pairs are tokenized the way TRL's DPO trainer does it: ``prompt ids = encode(prompt,
