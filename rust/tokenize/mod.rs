@@ -1,4 +1,4 @@
-//! Tokenization with a Hugging Face `tokenizer.json`, many texts at once.
+//! Tokenization with a Hugging Face `tokenizer.json`, many texts at once, and decoding back to text.
 //!
 //! Ids are those of the `tokenizers` crate, the same code the Python `tokenizers` package wraps, so
 //! `encode(text, add_special_tokens)` here equals `Tokenizer.from_file(path).encode(text,
@@ -22,10 +22,12 @@
 //! - `chunks.rs`: [`CHUNK`] and the parallel, in-order walk over chunks of rows;
 //! - `truncation.rs`: the truncation policy for texts and for pairs (stated there);
 //! - `texts.rs`: [`encode_texts`]; `pairs.rs`: [`encode_pairs`];
+//! - `decode.rs`: ids back to text, [`Tok::decode`] and [`decode_batch`];
 //! - `fixtures.rs` (tests only): a small word-level tokenizer.json the tests share.
 
 mod bad_rows;
 mod chunks;
+mod decode;
 mod flat;
 mod pairs;
 mod texts;
@@ -37,6 +39,7 @@ mod fixtures;
 
 pub use bad_rows::{BadRow, Dropped, EncodeError, Field, OnBad, Problem, Reason};
 pub use chunks::CHUNK;
+pub use decode::{decode_batch, DecodeError};
 pub use flat::Flat;
 pub use pairs::{encode_pairs, EncodedPairs, PairOptions};
 pub use texts::{encode_texts, EncodedTexts, TextOptions};

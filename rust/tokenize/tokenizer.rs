@@ -12,6 +12,8 @@ pub struct Tok {
     pub(super) inner: tokenizers::Tokenizer,
     /// Special tokens the post-processor adds around one sequence (BOS, EOS, CLS, SEP, ...).
     pub(super) added_single: usize,
+    /// `known[id]`: the id has a token (added tokens included). Ids past the end have none.
+    known: Vec<bool>,
 }
 
 impl Tok {
@@ -37,9 +39,15 @@ impl Tok {
             .map_err(|e| format!("cannot switch truncation off: {e}"))?;
         inner.with_padding(None);
         // Ids travel as i32 (numpy / torch indices): refuse a vocabulary that does not fit.
-        if let Some(&max_id) = inner.get_vocab(true).values().max() {
+        let vocab = inner.get_vocab(true);
+        let mut known = Vec::new();
+        if let Some(&max_id) = vocab.values().max() {
             if max_id > i32::MAX as u32 {
                 return Err(format!("token id {max_id} does not fit in int32"));
+            }
+            known = vec![false; max_id as usize + 1];
+            for &id in vocab.values() {
+                known[id as usize] = true;
             }
         }
         let added_single = inner
@@ -48,6 +56,7 @@ impl Tok {
         Ok(Tok {
             inner,
             added_single,
+            known,
         })
     }
 
@@ -64,6 +73,16 @@ impl Tok {
     /// The token string of an id, if there is one.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
+    }
+
+    /// Whether `id` has a token (what `id_to_token` answers, without building the string).
+    pub fn is_token_id(&self, id: i64) -> bool {
+        usize::try_from(id).is_ok_and(|i| self.known.get(i).copied().unwrap_or(false))
+    }
+
+    /// One past the largest id with a token: the vocabulary size, unless the file leaves holes.
+    pub fn id_bound(&self) -> usize {
+        self.known.len()
     }
 
     /// How many special tokens the post-processor adds to one sequence.
@@ -94,6 +113,11 @@ mod tests {
         assert_eq!(tok.token_to_id("zz"), None);
         assert_eq!(tok.encode("a b  c", true).unwrap(), vec![0, 3, 4, 5, 1]);
         assert_eq!(tok.encode("a zz", false).unwrap(), vec![3, 2]);
+        assert_eq!(tok.id_bound(), 13);
+        for id in [-1, 13, 1 << 40] {
+            assert!(!tok.is_token_id(id), "{id}");
+        }
+        assert!((0..13).all(|id| tok.is_token_id(id)));
         assert!(Tok::from_json("{").is_err());
         assert!(Tok::from_file("/nonexistent/tokenizer.json")
             .unwrap_err()
