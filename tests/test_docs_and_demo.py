@@ -29,6 +29,8 @@ def test_readme_usage_block_runs():
     # The data layer's example prints what its comments say.
     shown = re.search(r"print\(tok\.decode_batch\(pairs\.chosen\)\)  # (\[.*?\])", readme).group(1)
     assert namespace["tok"].decode_batch(namespace["pairs"].chosen) == ast.literal_eval(shown)
+    shown = re.search(r"print\(\{k: round\(v, 4\) for k, v in efficiency\.items\(\)\}\)  # (\{.*?\})", readme).group(1)
+    assert {k: round(v, 4) for k, v in namespace["efficiency"].items()} == ast.literal_eval(shown)
 
 
 

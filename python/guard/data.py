@@ -397,24 +397,42 @@ def packed_positions(lengths) -> tuple[np.ndarray, np.ndarray]:
     return _rust.packed_positions(_lengths_array(lengths, pairs=False))
 
 
-def padding_efficiency(lengths, batches: Sequence[np.ndarray], max_tokens: int) -> dict[str, float]:
-    """Share of real tokens in the tensors the batches become.
+def padding_efficiency(
+    lengths, batches: Sequence[np.ndarray], max_tokens: int, *, pad_to_multiple_of: int | None = None
+) -> dict[str, float]:
+    """How much of what the batches become is real tokens, in each layout, and how full the token budget is.
 
-    ``packed``: tokens / (batches x max_tokens), each batch one packed row of ``max_tokens``.
-    ``padded``: tokens / sum over batches of (sequences in the batch x longest sequence in the batch),
-    each batch right-padded (for pairs, 2 sequences per pair, padded to one length as
-    :func:`padded_batch` does). ``lengths`` as for :func:`pack` ([n] or [n, 2]).
+    ``lengths`` as for :func:`pack` ([n] or [n, 2] for pairs), ``batches`` lists of item indices (from
+    :func:`pack` or :func:`group_by_length`), ``max_tokens`` the budget they were made for. Every value is
+    a share in [0, 1] (0.0 when the batches hold no token):
+
+    - ``"packed"``: real tokens / slots of the rows :func:`packed_batch` builds. A packed row is its
+      batch's sequences back to back, ``[1, N]`` with N their tokens and no padding, so this is 1.0.
+    - ``"padded"``: real tokens / slots of the tensors :func:`padded_batch` builds: per batch, sequences
+      (2 per pair) x its longest sequence, rounded up to ``pad_to_multiple_of`` as there. The rest is
+      padding that attention and the LM head compute on for nothing; ``packed >= padded`` always.
+    - ``"budget_fill"``: real tokens / (batches x ``max_tokens``): how full the budget of an average
+      batch is, whatever the layout. Near 1 when :func:`pack` fills budgets from plenty of data; low when
+      the data is small next to the budget (a few pairs in one 4096-token batch), which costs nothing in
+      either layout but means steps see fewer tokens than ``max_tokens`` promises.
     """
     arr = _lengths_array(lengths, np.ndim(lengths) == 2)
+    budget = _limit("max_tokens", max_tokens, allow_none=False)
+    multiple = _limit("pad_to_multiple_of", pad_to_multiple_of)
     per_item = arr if arr.ndim == 2 else arr[:, None]
     tokens = padded = 0
     for batch in batches:
         rows = per_item[np.asarray(batch, dtype=np.int64)]
         tokens += int(rows.sum())
-        padded += rows.size * int(rows.max(initial=0))
+        width = int(rows.max(initial=0))
+        if multiple:
+            width = -(-width // multiple) * multiple
+        padded += rows.size * width
+    # A packed row has exactly `tokens` slots: no padding to count.
     return {
-        "packed": tokens / (len(batches) * max_tokens) if batches else 0.0,
+        "packed": 1.0 if tokens else 0.0,
         "padded": tokens / padded if padded else 0.0,
+        "budget_fill": tokens / (len(batches) * budget) if batches else 0.0,
     }
 
 
