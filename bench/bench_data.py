@@ -308,9 +308,9 @@ def main(argv=None) -> int:
         f"{first['pairs']} synthetic pairs, {first['kept']} kept after dedup; {first['tokens']:,} tokens tokenized "
         f"(prompt + chosen + rejected), {first['sequence_tokens']:,} sequence tokens out; byte-level BPE; "
         f"max_length {MAX_LENGTH}, max_prompt_length {MAX_PROMPT_LENGTH}. pack: {first['batches']} batches of {MAX_TOKENS} tokens, "
-        f"packed efficiency {eff['packed']:.4f} (padded {eff['padded']:.4f} if those batches were padded); "
-        f"group_by_length (not timed): {first['grouped_batches']} padded batches, padded efficiency "
-        f"{first['grouped_efficiency']['padded']:.4f}.\n\n"
+        f"budget fill {eff['budget_fill']:.4f}; real tokens per slot: packed rows {eff['packed']:.4f}, "
+        f"padded {eff['padded']:.4f} if those batches were padded; group_by_length (not timed): "
+        f"{first['grouped_batches']} padded batches, real tokens per slot {first['grouped_efficiency']['padded']:.4f}.\n\n"
     )
     summary = (
         f"\n\nguard vs python: {', '.join(f'{x:.2f}x' for x in ratios)} (threads {', '.join(str(r['threads']) for r in rows)}; "

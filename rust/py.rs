@@ -6,13 +6,20 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyTypeError, PyValueError};
+use numpy::{
+    IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
 use crate::pack::{self as packing, PackError};
-use crate::tokenize::{self, Dropped, EncodeError, Field, Flat, OnBad, Problem, Reason, Tok};
+use crate::tokenize::{
+    self, DecodeError, Dropped, EncodeError, Field, Flat, OnBad, Problem, Reason, Tok,
+};
 
 /// Every item of a Python iterable, as owned references (kept alive while their text is borrowed).
 fn items<'py>(seq: &Bound<'py, PyAny>, name: &str) -> PyResult<Vec<Bound<'py, PyAny>>> {
@@ -127,7 +134,68 @@ fn put_flat<'py>(dict: &Bound<'py, PyDict>, prefix: &str, flat: Flat) -> PyResul
     Ok(())
 }
 
-/// A Hugging Face tokenizer.json, loaded by the Rust `tokenizers` crate (see rust/tokenize.rs).
+/// An id the tokenizer has no token for: ValueError; a decoder that fails: RuntimeError.
+fn decode_error(e: DecodeError) -> PyErr {
+    match &e {
+        DecodeError::UnknownId { .. } => PyValueError::new_err(e.to_string()),
+        DecodeError::Decoder { .. } => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+/// Append the ids of one sequence to `out`: a 1-D int64 numpy array is read directly, anything else
+/// is iterated and each item taken as a Python int (numpy integer scalars included, floats refused).
+/// Errors name the row (in a batch) and the position.
+fn append_ids(
+    obj: &Bound<'_, PyAny>,
+    row: Option<usize>,
+    vocab_size: usize,
+    out: &mut Vec<i64>,
+) -> PyResult<()> {
+    if let Ok(array) = obj.cast::<PyArray1<i64>>() {
+        let ids = array
+            .try_readonly()
+            .map_err(|e| PyValueError::new_err(format!("cannot read the ids array: {e}")))?;
+        out.extend(ids.as_array().iter().copied());
+        return Ok(());
+    }
+    let row_prefix = row.map_or(String::new(), |r| format!("row {r}, "));
+    let not_a_sequence = || {
+        PyTypeError::new_err(format!(
+            "{row_prefix}ids must be a sequence of ints, got {}",
+            type_name(obj)
+        ))
+    };
+    if obj.is_instance_of::<PyString>() {
+        return Err(not_a_sequence());
+    }
+    let iter = obj.try_iter().map_err(|_| not_a_sequence())?;
+    for (position, item) in iter.enumerate() {
+        let item = item?;
+        let id = item.extract::<i64>().map_err(|e| {
+            if e.is_instance_of::<PyOverflowError>(item.py()) {
+                let value = item.str().map(|s| s.to_string()).unwrap_or_default();
+                PyValueError::new_err(format!(
+                    "{row_prefix}position {position}: id {value} is out of range for the vocabulary of size {vocab_size}"
+                ))
+            } else {
+                // A sequence inside one sequence: the caller meant decode_batch.
+                let hint = if row.is_none() && item.try_iter().is_ok() {
+                    " (decode_batch takes many sequences)"
+                } else {
+                    ""
+                };
+                PyTypeError::new_err(format!(
+                    "{row_prefix}position {position}: ids must be ints, got {}{hint}",
+                    type_name(&item)
+                ))
+            }
+        })?;
+        out.push(id);
+    }
+    Ok(())
+}
+
+/// A Hugging Face tokenizer.json, loaded by the Rust `tokenizers` crate (see rust/tokenize/).
 #[pyclass(frozen, module = "guard._rust")]
 struct Tokenizer {
     inner: Arc<Tok>,
@@ -193,6 +261,62 @@ impl Tokenizer {
             .map_err(PyRuntimeError::new_err)?;
         let ids: Vec<i32> = ids.into_iter().map(|id| id as i32).collect();
         Ok(ids.into_pyarray(py))
+    }
+
+    /// The text of one sequence of ids, as the Python package's `decode` (GIL released).
+    #[pyo3(signature = (ids, skip_special_tokens = true))]
+    fn decode(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        skip_special_tokens: bool,
+    ) -> PyResult<String> {
+        let mut flat = Vec::new();
+        append_ids(ids, None, self.inner.vocab_size(true), &mut flat)?;
+        py.detach(|| self.inner.decode(&flat, skip_special_tokens))
+            .map_err(decode_error)
+    }
+
+    /// The text of each sequence of ids, in order, as the Python package's `decode_batch`: the ids
+    /// are read with the GIL held, then decoded in parallel with it released.
+    #[pyo3(signature = (sequences, skip_special_tokens = true))]
+    fn decode_batch(
+        &self,
+        py: Python<'_>,
+        sequences: &Bound<'_, PyAny>,
+        skip_special_tokens: bool,
+    ) -> PyResult<Vec<String>> {
+        let not_sequences = || {
+            PyTypeError::new_err(format!(
+                "sequences must be a sequence of id sequences, got {}",
+                type_name(sequences)
+            ))
+        };
+        if sequences.is_instance_of::<PyString>() {
+            return Err(not_sequences());
+        }
+        let vocab_size = self.inner.vocab_size(true);
+        let mut flat = Vec::new();
+        let mut ends = Vec::new();
+        for (row, seq) in sequences
+            .try_iter()
+            .map_err(|_| not_sequences())?
+            .enumerate()
+        {
+            append_ids(&seq?, Some(row), vocab_size, &mut flat)?;
+            ends.push(flat.len());
+        }
+        let mut start = 0;
+        let rows: Vec<&[i64]> = ends
+            .iter()
+            .map(|&end| {
+                let row = &flat[start..end];
+                start = end;
+                row
+            })
+            .collect();
+        py.detach(|| tokenize::decode_batch(&self.inner, &rows, skip_special_tokens))
+            .map_err(decode_error)
     }
 }
 

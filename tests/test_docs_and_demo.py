@@ -3,6 +3,7 @@
 both side by side; `python -m guard.eval rewards` on the two rewards.jsonl files prints the numbers the trainer
 printed."""
 
+import ast
 import json
 import os
 import re
@@ -25,6 +26,11 @@ def test_readme_usage_block_runs():
     assert 0.0 <= namespace["p_value"] <= 1.0 and set(namespace["audit"]) == {"auc_mean", "auc_std", "ba_mean", "ba_std"}
     assert namespace["out"].moments.shape == (2, 2, 4) and namespace["hidden"].grad is not None
     assert namespace["logp"].shape == namespace["entropy"].shape == (24,)
+    # The data layer's example prints what its comments say.
+    shown = re.search(r"print\(tok\.decode_batch\(pairs\.chosen\)\)  # (\[.*?\])", readme).group(1)
+    assert namespace["tok"].decode_batch(namespace["pairs"].chosen) == ast.literal_eval(shown)
+    shown = re.search(r"print\(\{k: round\(v, 4\) for k, v in efficiency\.items\(\)\}\)  # (\{.*?\})", readme).group(1)
+    assert {k: round(v, 4) for k, v in namespace["efficiency"].items()} == ast.literal_eval(shown)
 
 
 

@@ -78,8 +78,8 @@ def test_efficiency_on_realistic_lengths():
     bound = math.ceil(lengths.sum() / budget)
     assert len(batches) <= bound / 0.98, (len(batches), bound)
     eff = gd.padding_efficiency(lengths, batches, budget)
-    assert eff["packed"] >= 0.98 * lengths.sum() / (bound * budget)
-    assert 0 < eff["padded"] < 1
+    assert eff["budget_fill"] >= 0.98 * lengths.sum() / (bound * budget)
+    assert eff["packed"] == 1.0 and 0 < eff["padded"] < 1
 
 
 def test_over_budget_names_the_item():
@@ -98,7 +98,11 @@ def test_argument_errors():
         gd.pack([1, -2], 10, pairs=False)
     with pytest.raises(ValueError, match=r"lengths\[2, 1\] is negative \(-1\)"):  # pair 2's rejected length
         gd.pack([[5, 6], [7, 8], [9, -1]], 100)
-    assert gd.padding_efficiency(np.zeros((0, 2), dtype=np.int64), [], 10) == {"packed": 0.0, "padded": 0.0}
+    assert gd.padding_efficiency(np.zeros((0, 2), dtype=np.int64), [], 10) == {
+        "packed": 0.0,
+        "padded": 0.0,
+        "budget_fill": 0.0,
+    }
     with pytest.raises(TypeError, match="lengths must be integers"):
         gd.pack([1.5, 2.0], 10, pairs=False)
     with pytest.raises(ValueError, match="max_tokens must be a positive int"):
@@ -150,11 +154,52 @@ def test_padding_efficiency_by_hand():
     batches = [np.array([0, 2]), np.array([1])]
     eff = gd.padding_efficiency(lengths, batches, max_tokens=20)
     tokens = 17
-    assert eff["packed"] == pytest.approx(tokens / (2 * 20))
+    assert eff["packed"] == 1.0  # packed rows are the tokens back to back: [1, 15] and [1, 4]
     # batch 0: 4 sequences padded to 5; batch 1: 2 sequences padded to 2
     assert eff["padded"] == pytest.approx(tokens / (4 * 5 + 2 * 2))
+    assert eff["budget_fill"] == pytest.approx(tokens / (2 * 20))
+    # pad_to_multiple_of=4 as padded_batch takes it: widths 8 and 4.
+    rounded = gd.padding_efficiency(lengths, batches, max_tokens=20, pad_to_multiple_of=4)
+    assert rounded["padded"] == pytest.approx(tokens / (4 * 8 + 2 * 4))
+    assert rounded["packed"] == 1.0 and rounded["budget_fill"] == eff["budget_fill"]
     single = gd.padding_efficiency(np.array([3, 1, 2]), [np.array([0, 1]), np.array([2])], 4)
     assert single["padded"] == pytest.approx(6 / (2 * 3 + 1 * 2))
+    assert single["budget_fill"] == pytest.approx(6 / (2 * 4))
+    # Equal lengths leave nothing to pad; a full budget is full.
+    full = gd.padding_efficiency(np.array([[4, 4], [4, 4]]), [np.array([0, 1])], 16)
+    assert full == {"packed": 1.0, "padded": 1.0, "budget_fill": 1.0}
+    # Two short pairs in a large budget: no padding lost in either layout to speak of, but the budget is
+    # mostly empty (what the README example shows).
+    few = gd.padding_efficiency(np.array([[10, 12], [11, 11]]), [np.array([0, 1])], 4096)
+    assert few["padded"] == pytest.approx(44 / 48) and few["budget_fill"] == pytest.approx(44 / 4096)
+    with pytest.raises(ValueError, match="max_tokens must be a positive int"):
+        gd.padding_efficiency(lengths, batches, 0)
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be a positive int or None"):
+        gd.padding_efficiency(lengths, batches, 20, pad_to_multiple_of=0)
+
+
+@pytest.mark.parametrize("multiple", [None, 8])
+def test_padding_efficiency_counts_the_tensors_built(multiple):
+    """The shares are those of the arrays padded_batch and packed_batch return, on random pairs and both
+    ways of batching; packed >= padded always."""
+    rng = np.random.default_rng(11)
+    n = 60
+    prompts, chosen, rejected = (rng.integers(lo, hi, n) for lo, hi in ((0, 30), (1, 40), (1, 25)))
+    pairs = fake_pairs(prompts, chosen, rejected, seed=5)
+    budget = 400
+    for batches in (gd.pack(pairs.lengths, budget), gd.group_by_length(pairs.lengths, budget)):
+        eff = gd.padding_efficiency(pairs.lengths, batches, budget, pad_to_multiple_of=multiple)
+        real = padded_slots = packed_slots = 0
+        for b in batches:
+            padded = gd.padded_batch(pairs, b, pad_id=0, pad_to_multiple_of=multiple)
+            real += int(padded["attention_mask"].sum())
+            padded_slots += padded["input_ids"].size
+            packed_slots += gd.packed_batch(pairs, b)["input_ids"].size
+        assert real == pairs.lengths.sum()
+        assert eff["padded"] == pytest.approx(real / padded_slots)
+        assert eff["packed"] == pytest.approx(real / packed_slots) == 1.0
+        assert eff["budget_fill"] == pytest.approx(real / (len(batches) * budget))
+        assert eff["packed"] >= eff["padded"] and 0 < eff["budget_fill"] <= 1
 
 
 def fake_pairs(prompt_lengths, chosen_lengths, rejected_lengths, vocab=50, seed=0):

@@ -18,10 +18,10 @@ def dedup(prompts: Sequence[str], responses: Sequence[str]) -> npt.NDArray[np.in
     """
 
 class Tokenizer:
-    """A Hugging Face tokenizer.json loaded by the Rust ``tokenizers`` crate (rust/tokenize.rs).
+    """A Hugging Face tokenizer.json loaded by the Rust ``tokenizers`` crate (rust/tokenize/).
 
-    Ids equal the Python ``tokenizers`` package's ``encode(text, add_special_tokens).ids``; the file's
-    own truncation and padding settings are switched off on load.
+    Ids equal the Python ``tokenizers`` package's ``encode(text, add_special_tokens).ids`` and texts its
+    ``decode``; the file's own truncation and padding settings are switched off on load.
     """
 
     @staticmethod
@@ -38,6 +38,20 @@ class Tokenizer:
         """Special tokens the post-processor adds around one sequence."""
     def encode(self, text: str, add_special_tokens: bool = True) -> npt.NDArray[np.int32]:
         """The ids of one text (GIL released)."""
+    def decode(self, ids: npt.NDArray[np.int64] | Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of one sequence of ids, as the ``tokenizers`` package's ``decode`` (GIL released).
+
+        ``ids``: a 1-D int64 array (read directly) or any sequence of Python / numpy ints. An id with no
+        token raises ValueError ``position {p}: id {id} is out of range for the vocabulary of size {n}``
+        (the package skips such ids silently); a non-integer raises TypeError naming the position; a
+        failing decoder raises RuntimeError.
+        """
+    def decode_batch(
+        self, sequences: Sequence[npt.NDArray[np.int64] | Sequence[int]], skip_special_tokens: bool = True
+    ) -> list[str]:
+        """The text of each sequence, in order, as the package's ``decode_batch``: ids read with the GIL
+        held, decoded in parallel (rayon over chunks of 1024 rows) with it released. Errors as in
+        ``decode``, prefixed with ``row {r}, `` (the first bad row)."""
 
 class _EncodedTextsDict(TypedDict):
     ids: npt.NDArray[np.int32]

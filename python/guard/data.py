@@ -2,6 +2,7 @@
 
     import guard.data as gd
     tok = gd.Tokenizer.from_file("tokenizer.json")             # a Hugging Face tokenizer.json
+    text = tok.decode(tok.encode("Hello"))                     # and back: tok.decode_batch(many)
     keep = gd.dedup(prompts, chosen)                          # first occurrence of each exact pair
     pairs = gd.encode_pairs(tok, prompts, chosen, rejected, max_length=1024, errors="skip")
     batches = gd.pack(pairs.lengths, max_tokens=16384)         # best-fit-decreasing, pairs kept whole
@@ -9,7 +10,7 @@
     row = gd.packed_batch(pairs, batches[0])                  # one row + position_ids, cu_seqlens
     grouped = gd.group_by_length(pairs.lengths, 16384)        # or: length-grouped batches to pad
 
-The heavy work runs in Rust with the GIL released (rust/: tokenize.rs, dedup.rs, pack.rs); this file
+The heavy work runs in Rust with the GIL released (rust/: tokenize/, dedup.rs, pack.rs); this file
 adapts arguments and builds batches with numpy.
 
 Pairs are tokenized the way TRL's DPO trainer does it: ``prompt ids = encode(prompt,
@@ -30,7 +31,7 @@ the input indices of the rows kept and ``dropped`` maps each reason that occurre
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,8 +64,9 @@ class Tokenizer:
     """A Hugging Face ``tokenizer.json`` loaded by the Rust ``tokenizers`` crate.
 
     ``encode(text, add_special_tokens)`` gives the ids of the Python ``tokenizers`` package's
-    ``Tokenizer.from_file(path).encode(text, add_special_tokens).ids``. The file's own truncation and
-    padding settings are ignored: guard truncates by its stated policy and pads when it builds batches.
+    ``Tokenizer.from_file(path).encode(text, add_special_tokens).ids``, and ``decode`` /
+    ``decode_batch`` the text of that package's ``decode`` / ``decode_batch``. The file's own truncation
+    and padding settings are ignored: guard truncates by its stated policy and pads when it builds batches.
     """
 
     def __init__(self, native: _rust.Tokenizer):
@@ -100,6 +102,43 @@ class Tokenizer:
         """The ids of one text, int32."""
         return self._native.encode(text, add_special_tokens)
 
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """The text of one sequence of ids: the Python ``tokenizers`` package's
+        ``Tokenizer.decode(ids, skip_special_tokens)`` on the same file.
+
+        ``ids``: a list of ints or a 1-D integer array (numpy, or anything ``np.asarray`` takes, such as a
+        CPU tensor). With ``skip_special_tokens`` the special tokens (BOS, EOS, padding, ...) are left
+        out. Unlike the package, which skips an unknown id without a word, an id with no token (negative
+        such as -100, or past the vocabulary) raises a ValueError naming its position and the
+        vocabulary size; a non-integer raises a TypeError.
+        """
+        return self._native.decode(_ids_for_rust(ids, ""), bool(skip_special_tokens))
+
+    def decode_batch(self, sequences, skip_special_tokens: bool = True) -> list[str]:
+        """The text of each sequence, in order: the ``tokenizers`` package's ``decode_batch``.
+
+        ``sequences``: lists of ints or 1-D integer arrays (lengths may differ), a 2-D integer array
+        (one row per sequence), or an :class:`EncodedTexts` (e.g. ``pairs.chosen``). Decoded in parallel in
+        Rust with the GIL released. Errors as :meth:`decode`, naming the row as well.
+        """
+        if isinstance(sequences, EncodedTexts):
+            if len(sequences) == 0:
+                return []
+            rows = np.split(sequences.ids.astype(np.int64), sequences.offsets[1:-1])
+        elif hasattr(sequences, "__array__") and np.asarray(sequences).dtype != object:
+            array = _int_array(sequences, "sequences")
+            if array.ndim != 2:
+                raise ValueError(
+                    f"decode_batch takes sequences of ids, got an array of shape {array.shape} "
+                    "(2-D: one row per sequence; use decode for one sequence)"
+                )
+            rows = list(array)
+        elif isinstance(sequences, (str, bytes)) or not isinstance(sequences, Iterable):
+            raise TypeError(f"sequences must be a sequence of id sequences, got {type(sequences).__name__}")
+        else:
+            rows = [_ids_for_rust(row, f"row {i}, ") for i, row in enumerate(sequences)]
+        return self._native.decode_batch(rows, bool(skip_special_tokens))
+
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, num_special_tokens={self.num_special_tokens})"
 
@@ -110,6 +149,33 @@ def _native(tok) -> _rust.Tokenizer:
     if isinstance(tok, _rust.Tokenizer):
         return tok
     raise TypeError(f"tok must be a guard.data.Tokenizer, got {type(tok).__name__}")
+
+
+def _int_array(ids, where: str) -> np.ndarray:
+    """``ids`` as an int64 array; TypeError unless its dtype is an integer one (an empty array may be any)."""
+    array = np.asarray(ids)
+    if array.size == 0:
+        return np.zeros(array.shape, dtype=np.int64)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{where} must be integers, got dtype {array.dtype}")
+    if array.dtype == np.uint64 and array.max() > np.iinfo(np.int64).max:
+        # Past int64 no id can exist; say so here rather than let the cast wrap it to a negative id.
+        position = np.unravel_index(int(np.argmax(array > np.iinfo(np.int64).max)), array.shape)
+        raise ValueError(f"{where}: id {array[position]} at {tuple(map(int, position))} does not fit in int64")
+    return array.astype(np.int64, copy=False)
+
+
+def _ids_for_rust(ids, row_prefix: str):
+    """One sequence for the binding: an array-like becomes a 1-D int64 array (read without a copy in Rust);
+    a list or tuple goes as it is (Rust takes each item as a Python int and names the position of a bad one)."""
+    if not hasattr(ids, "__array__"):
+        return ids
+    array = _int_array(ids, f"{row_prefix}ids")
+    if array.ndim != 1:
+        raise ValueError(
+            f"{row_prefix}ids must be one sequence (1-D), got shape {array.shape}; decode_batch takes many"
+        )
+    return array
 
 
 def _limit(name: str, value, *, allow_none: bool = True) -> int | None:
@@ -331,24 +397,42 @@ def packed_positions(lengths) -> tuple[np.ndarray, np.ndarray]:
     return _rust.packed_positions(_lengths_array(lengths, pairs=False))
 
 
-def padding_efficiency(lengths, batches: Sequence[np.ndarray], max_tokens: int) -> dict[str, float]:
-    """Share of real tokens in the tensors the batches become.
+def padding_efficiency(
+    lengths, batches: Sequence[np.ndarray], max_tokens: int, *, pad_to_multiple_of: int | None = None
+) -> dict[str, float]:
+    """How much of what the batches become is real tokens, in each layout, and how full the token budget is.
 
-    ``packed``: tokens / (batches x max_tokens), each batch one packed row of ``max_tokens``.
-    ``padded``: tokens / sum over batches of (sequences in the batch x longest sequence in the batch),
-    each batch right-padded (for pairs, 2 sequences per pair, padded to one length as
-    :func:`padded_batch` does). ``lengths`` as for :func:`pack` ([n] or [n, 2]).
+    ``lengths`` as for :func:`pack` ([n] or [n, 2] for pairs), ``batches`` lists of item indices (from
+    :func:`pack` or :func:`group_by_length`), ``max_tokens`` the budget they were made for. Every value is
+    a share in [0, 1] (0.0 when the batches hold no token):
+
+    - ``"packed"``: real tokens / slots of the rows :func:`packed_batch` builds. A packed row is its
+      batch's sequences back to back, ``[1, N]`` with N their tokens and no padding, so this is 1.0.
+    - ``"padded"``: real tokens / slots of the tensors :func:`padded_batch` builds: per batch, sequences
+      (2 per pair) x its longest sequence, rounded up to ``pad_to_multiple_of`` as there. The rest is
+      padding that attention and the LM head compute on for nothing; ``packed >= padded`` always.
+    - ``"budget_fill"``: real tokens / (batches x ``max_tokens``): how full the budget of an average
+      batch is, whatever the layout. Near 1 when :func:`pack` fills budgets from plenty of data; low when
+      the data is small next to the budget (a few pairs in one 4096-token batch), which costs nothing in
+      either layout but means steps see fewer tokens than ``max_tokens`` promises.
     """
     arr = _lengths_array(lengths, np.ndim(lengths) == 2)
+    budget = _limit("max_tokens", max_tokens, allow_none=False)
+    multiple = _limit("pad_to_multiple_of", pad_to_multiple_of)
     per_item = arr if arr.ndim == 2 else arr[:, None]
     tokens = padded = 0
     for batch in batches:
         rows = per_item[np.asarray(batch, dtype=np.int64)]
         tokens += int(rows.sum())
-        padded += rows.size * int(rows.max(initial=0))
+        width = int(rows.max(initial=0))
+        if multiple:
+            width = -(-width // multiple) * multiple
+        padded += rows.size * width
+    # A packed row has exactly `tokens` slots: no padding to count.
     return {
-        "packed": tokens / (len(batches) * max_tokens) if batches else 0.0,
+        "packed": 1.0 if tokens else 0.0,
         "padded": tokens / padded if padded else 0.0,
+        "budget_fill": tokens / (len(batches) * budget) if batches else 0.0,
     }
 
 
