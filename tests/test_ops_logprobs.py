@@ -16,6 +16,7 @@ needs_triton = pytest.mark.skipif(
     reason="the Triton kernels need CUDA or TRITON_INTERPRET=1",
 )
 IGNORE = -100
+BACKENDS = [pytest.param("triton", marks=needs_triton), "torch"]
 
 
 def make_inputs(n, h, v, *, dtype=torch.float32, bias=True, ignored=0.2, seed=0):
@@ -240,13 +241,17 @@ def test_auto_backend_uses_torch_on_cpu(monkeypatch):
 
 
 @needs_triton
-def test_custom_ops_pass_opcheck():
+@pytest.mark.parametrize("impl", linear_logprobs.IMPLS)
+def test_custom_ops_pass_opcheck(impl):
+    from guard.kernels.linear_logprobs import _BACKWARDS
+
     hidden, weight, b, labels, _ = make_inputs(6, 16, 40, seed=5)
     labels[0] = IGNORE
     torch.library.opcheck(linear_logprobs.linear_logprobs_fwd, (hidden, weight, b, labels, 1.0, IGNORE, True))
-    logp, ent, lse = linear_logprobs.linear_logprobs_fwd(hidden, weight, b, labels, 1.0, IGNORE, True)
-    args = (hidden, weight, b, labels, lse, ent, torch.ones(6), torch.ones(6), 1.0, IGNORE, True)
-    torch.library.opcheck(linear_logprobs.linear_logprobs_bwd, args)
+    logp, ent, lse, order, count = linear_logprobs.linear_logprobs_fwd(hidden, weight, b, labels, 1.0, IGNORE, True)
+    for needs in ((True, True, True), (True, False, False), (False, True, False)):
+        args = (hidden, weight, b, labels, order, count, lse, ent, torch.ones(6), torch.ones(6), 1.0, True, *needs)
+        torch.library.opcheck(_BACKWARDS[impl], args)
     logits = torch.randn(6, 40)
     torch.library.opcheck(logits_logprobs.logits_logprobs_fwd, (logits, labels, 1.0, IGNORE, True))
 
@@ -277,17 +282,44 @@ def test_bad_input_is_named():
     hidden, weight, _, labels, _ = make_inputs(5, 8, 20)
     labels[3] = 20
     with pytest.raises(ValueError, match=r"labels\[3\] = 20 is outside the vocabulary \[0, 20\)"):
-        ops.token_logprobs(hidden, weight, labels)
+        ops.token_logprobs(hidden, weight, labels, check=True)
     labels[3] = -5
     with pytest.raises(ValueError, match=r"labels\[3\] = -5"):
-        ops.token_logprobs(hidden, weight, labels)
+        ops.token_logprobs(hidden, weight, labels, check=True)
     with pytest.raises(ValueError, match=r"labels\[\(1, 0\)\] = 99"):
-        ops.sequence_logprobs(hidden.view(1, 5, 8).expand(2, 5, 8), weight, torch.tensor([[0] * 5, [99] + [0] * 4]))
+        ops.sequence_logprobs(hidden.view(1, 5, 8).expand(2, 5, 8), weight, torch.tensor([[0] * 5, [99] + [0] * 4]), check=True)
+    with pytest.raises(ValueError, match=r"labels\[2\] = 20 is outside the vocabulary"):
+        ops.token_logprobs_from_logits(torch.zeros(3, 20), torch.tensor([0, 1, 20]), check=True)
     with pytest.raises(ValueError, match="must have the same H"):
         ops.token_logprobs(hidden, weight[:, :5], labels.clamp(0, 19))
     with pytest.raises(ValueError, match="temperature must be positive"):
         ops.token_logprobs(hidden, weight, labels.clamp(0, 19), temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be positive and finite, got inf"):
+        ops.token_logprobs(hidden, weight, labels.clamp(0, 19), temperature=float("inf"))
     with pytest.raises(ValueError, match=r"hidden must be \[N, H\] and labels \[N\], got \(5, 8\) and \(3,\)"):
         ops.token_logprobs(hidden, weight, labels[:3])
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.set_backend("cuda")
+    with pytest.raises(ValueError, match=r"impl must be one of \('chunked', 'tiled'\), got 'fast'"):
+        ops.token_logprobs(hidden, weight, labels.clamp(0, 19), impl="fast")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unchecked_bad_labels_give_nan_rows(backend):
+    """Without check=True nothing synchronises; a label outside the vocabulary is never a plausible number:
+    its row's log-prob and entropy are NaN, the other rows are exact, on every path."""
+    hidden, weight, b, labels, _ = make_inputs(9, 12, 40, seed=8)
+    labels[[2, 5]] = torch.tensor([40, -7])
+    labels[7] = IGNORE
+    with ops.backend(backend):
+        logp, ent = ops.token_logprobs(hidden, weight, labels, bias=b, return_entropy=True)
+        from_logits = ops.token_logprobs_from_logits(hidden @ weight.T + b, labels)
+    good = torch.ones(9, dtype=torch.bool)
+    good[[2, 5]] = False
+    ref_logp, ref_ent = reference(hidden, weight, b, labels.where(good, 0), 1.0)
+    for got in (logp, ent, from_logits):
+        assert got[~good].isnan().all()
+    assert logp[7] == 0 and ent[7] == 0
+    torch.testing.assert_close(logp[good].double(), ref_logp[good], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent[good].double(), ref_ent[good], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(from_logits[good].double(), ref_logp[good], rtol=1e-5, atol=1e-5)
