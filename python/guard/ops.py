@@ -185,8 +185,8 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
             )
             if need_hidden:
                 grad_hidden[rows] = dlogits @ w
-            if need_weight:
-                grad_weight += dlogits.T @ hidden[rows].to(ctype)
+            if need_weight:  # an ignored row may hold anything (NaN at a padded position): 0·NaN is NaN
+                grad_weight += dlogits.T @ torch.where(valid[rows, None], hidden[rows].to(ctype), 0.0)
             if need_bias:
                 grad_bias += dlogits.sum(0)
         return (grad_hidden.to(hidden.dtype) if need_hidden else None,
@@ -248,9 +248,12 @@ def _label_problem(labels: torch.Tensor, vocab: int, ignore_index: int) -> losse
 
 
 def _head_problems(hidden, weight, bias, labels, ignore_index) -> list[losses.Problem]:
-    """The value checks of the log-prob ops (check=True): labels in the vocabulary, finite inputs."""
+    """The value checks of the log-prob ops (check=True): labels in the vocabulary, finite inputs (hidden
+    only at rows with a label: the ops never read the others)."""
+    nonfinite_hidden = ~torch.isfinite(hidden) & (labels != ignore_index)[..., None]
     problems = [_label_problem(labels, weight.shape[0], ignore_index),
-                losses.nonfinite_problem("hidden", hidden), losses.nonfinite_problem("weight", weight)]
+                (nonfinite_hidden, losses.nonfinite_problem("hidden", hidden)[1]),
+                losses.nonfinite_problem("weight", weight)]
     if bias is not None:
         problems.append(losses.nonfinite_problem("bias", bias))
     return problems
@@ -279,7 +282,8 @@ def token_logprobs(
 
     ``log softmax((hidden @ weight.T + bias) / temperature)[label]`` for hidden [N, H], weight [V, H],
     bias [V] | None, labels [N] (the token each hidden state predicts: the caller shifts). Rows whose
-    label is ``ignore_index`` give 0 and cost no kernel work. With ``return_entropy`` also the entropy of
+    label is ``ignore_index`` give 0, cost no kernel work, and their hidden states are never used (a
+    padded position may hold anything, even NaN). With ``return_entropy`` also the entropy of
     each row's distribution ``-Σ_v p_v log p_v`` (0 for ignored rows), for PPO. Returns float32 (float64
     for float64 inputs on the torch path); gradients reach hidden, weight and bias (only those that
     require grad are computed). No [N, V] tensor is ever built: the Triton path keeps logit tiles on chip

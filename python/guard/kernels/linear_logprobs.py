@@ -15,6 +15,7 @@ tl.dot over hidden chunks (fp32 accumulation) and folds them into an online logs
 s = Σ e^{z−m}, t = Σ e^{z−m}(z − m) and the label's logit (softmax_tiles). A merge kernel combines the
 splits of each row into lse, log p = z_label − lse and entropy = log s − t/s, written at the row's own
 position (0 for ignored rows). Only lse [N] is kept for the backward (with the entropy, which is an output).
+The kernels never read an ignored row, so it may hold anything (NaN at a fully padded position included).
 
 Inputs: hidden [N, H] and weight [V, H] in fp32 / bf16 / fp16, each in its own dtype and with any strides
 (products in hidden's dtype, see linear_tiles); bias [V] | None; labels [N] int. Addresses are int64, so
@@ -196,7 +197,7 @@ class LinearLogprobsFunction(torch.autograd.Function):
         logp, entropy, lse, order, count = linear_logprobs_fwd(
             hidden, weight, bias, labels, inv_temperature, ignore_index, with_entropy)
         ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy, order, count)
-        ctx.args = (inv_temperature, with_entropy, impl)
+        ctx.args = (inv_temperature, ignore_index, with_entropy, impl)
         return logp, entropy
 
     @staticmethod
@@ -205,12 +206,12 @@ class LinearLogprobsFunction(torch.autograd.Function):
         if not (need_hidden or need_weight or need_bias):
             return (None,) * 8
         hidden, weight, bias, labels, lse, entropy, order, count = ctx.saved_tensors
-        inv_temperature, with_entropy, impl = ctx.args
+        inv_temperature, ignore_index, with_entropy, impl = ctx.args
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.float()
         grad_entropy = torch.zeros_like(entropy) if grad_entropy is None else grad_entropy.float()
         grad_hidden, grad_weight, grad_bias = _BACKWARDS[impl](
             hidden, weight, bias, labels, order, count, lse, entropy, grad_logp, grad_entropy,
-            inv_temperature, with_entropy, need_hidden, need_weight, need_bias,
+            inv_temperature, ignore_index, with_entropy, need_hidden, need_weight, need_bias,
         )  # fmt: skip
         return (grad_hidden if need_hidden else None, grad_weight if need_weight else None,
                 grad_bias if need_bias else None, None, None, None, None, None)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from guard.kernels.linear_tiles import _compacted_rows, _logit_tile
+from guard.kernels.linear_tiles import _compacted_rows, _logit_tile, _round_to
 from guard.kernels.softmax_tiles import _logprob_entropy_grad
 from guard.kernels.tuning import dot_flags, linear_logprobs_blocks
 
@@ -50,7 +50,7 @@ def _linear_logprobs_tiled_bwd_kernel(
             ent = tl.load(entropy_ptr + rows, mask=live, other=0.0)
         dz = _logprob_entropy_grad(z, lse, cols, labels, g_logp, g_ent, ent, WITH_ENTROPY)
         dz = tl.where(live[:, None] & col_mask[None, :], dz * inv_temperature, 0.0)
-        dz_in = dz.to(hidden_ptr.dtype.element_ty)  # the dots take hidden's dtype, as cuBLAS would
+        dz_in = _round_to(dz, hidden_ptr.dtype.element_ty, UPCAST_DOT)  # the dots take hidden's dtype, as cuBLAS would
         if UPCAST_DOT:
             dz_in = dz_in.to(tl.float32)
         cols64 = cols.to(tl.int64)
@@ -61,7 +61,7 @@ def _linear_logprobs_tiled_bwd_kernel(
                 if NEED_HIDDEN:
                     w = tl.load(weight_ptr + cols64[:, None] * stride_wv + hs[None, :] * stride_wh,
                                 mask=col_mask[:, None] & h_mask[None, :], other=0.0)
-                    w = w.to(hidden_ptr.dtype.element_ty).to(dz_in.dtype)  # products in hidden's dtype
+                    w = _round_to(w, hidden_ptr.dtype.element_ty, UPCAST_DOT).to(dz_in.dtype)  # products in hidden's dtype
                     d_hidden = tl.dot(dz_in, w, input_precision=DOT_PRECISION)
                     tl.atomic_add(grad_hidden_ptr + rows[:, None] * H + hs[None, :], d_hidden,
                                   mask=live[:, None] & h_mask[None, :])
@@ -79,11 +79,12 @@ def _linear_logprobs_tiled_bwd_kernel(
 def linear_logprobs_bwd_tiled(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
     order: torch.Tensor, count: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor,
-    grad_logp: torch.Tensor, grad_entropy: torch.Tensor, inv_temperature: float, with_entropy: bool,
+    grad_logp: torch.Tensor, grad_entropy: torch.Tensor, inv_temperature: float, ignore_index: int, with_entropy: bool,
     need_hidden: bool, need_weight: bool, need_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_hidden, grad_weight, grad_bias) in the inputs' dtypes; each is empty unless needed (and
-    grad_bias unless there is a bias). `labels` must be contiguous (the forward made it so)."""
+    grad_bias unless there is a bias). `labels` must be contiguous (the forward made it so); the kernel
+    finds the labelled rows through order and count (ignore_index is part of the shared signature)."""
     n_rows, hidden_size = hidden.shape
     vocab = weight.shape[0]
     need_bias = need_bias and bias is not None
@@ -111,7 +112,7 @@ def linear_logprobs_bwd_tiled(
 
 @linear_logprobs_bwd_tiled.register_fake
 def _(hidden, weight, bias, labels, order, count, lse, entropy, grad_logp, grad_entropy, inv_temperature,
-      with_entropy, need_hidden, need_weight, need_bias):  # fmt: skip
+      ignore_index, with_entropy, need_hidden, need_weight, need_bias):  # fmt: skip
     need_bias = need_bias and bias is not None
     return (hidden.new_empty(hidden.shape if need_hidden else 0), weight.new_empty(weight.shape if need_weight else 0),
             weight.new_empty(weight.shape[0] if need_bias else 0, dtype=bias.dtype if need_bias else torch.float32))

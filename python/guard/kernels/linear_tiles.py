@@ -45,13 +45,25 @@ def _logit_tile(
                     mask=row_mask[:, None] & h_mask[None, :], other=0.0)
         w = tl.load(weight_ptr + cols64[:, None] * stride_wv + hs[None, :] * stride_wh,
                     mask=col_mask[:, None] & h_mask[None, :], other=0.0)
-        w = w.to(x.dtype)  # a head in another dtype is cast tile by tile, never copied whole
+        w = _round_to(w, x.dtype, UPCAST_DOT)  # a head in another dtype is cast tile by tile, never copied whole
         if UPCAST_DOT:
             x, w = x.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     return acc * inv_temperature
+
+
+@triton.jit
+def _round_to(x, dtype: tl.constexpr, INTERPRETED: tl.constexpr):
+    """x in `dtype`, rounded to nearest even as the GPU's conversion does. Triton's CPU interpreter truncates
+    to bfloat16 instead, so there (INTERPRETED: the UPCAST_DOT flag) the rounding is done on the fp32 bits
+    first and the truncation is then exact."""
+    if INTERPRETED and dtype == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
 
 
 @triton.jit
