@@ -41,8 +41,8 @@ def linear_logprobs_blocks(n_rows: int, vocab: int, hidden: int, dtype: torch.dt
     """`dtype` is the dtype of the products (hidden's)."""
     if device.type != "cuda":  # the interpreter: small tiles, two vocabulary splits to exercise the merge
         block_n, block_v, block_h, warps, stages, target_programs = 16, 64, 32, 4, 1, 2
-    elif dtype == torch.float32:  # ieee fp32 dots: smaller tiles for registers
-        block_n, block_v, block_h, warps, stages, target_programs = 64, 64, 32, 4, 2, 4 * _sm_count(device)
+    elif dtype == torch.float32:  # ieee fp32 dots: smaller tiles; 8 warps keep the tiled backward out of spills
+        block_n, block_v, block_h, warps, stages, target_programs = 64, 64, 32, 8, 2, 4 * _sm_count(device)
     else:
         block_n, block_v, block_h, warps, stages, target_programs = 128, 128, 64, 8, 3, 2 * _sm_count(device)
     block_n = max(16, min(block_n, triton.next_power_of_2(max(n_rows, 1))))
