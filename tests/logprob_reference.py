@@ -23,7 +23,7 @@ def make_inputs(n, h, v, *, dtype=torch.float32, bias=True, ignored=0.2, seed=0)
     labels = torch.randint(0, v, (n,), generator=gen)
     labels[torch.rand(n, generator=gen) < ignored] = IGNORE
     grads = torch.randn(n, generator=gen, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64)
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    cast = lambda t: None if t is None else t.to(dtype)
     return cast(hidden), cast(weight), cast(b), labels, grads
 
 

@@ -56,7 +56,7 @@ def poisoned(t, index, value=math.nan):
 
 
 def checked_cases():
-    hidden, weight, labels, ref, cats = batch()
+    hidden, weight, labels, ref, _ = batch()
     rewards = torch.randn(3)
     empty = labels.clone()
     empty[4] = IGNORE

@@ -28,7 +28,12 @@ import torch
 import triton
 import triton.language as tl
 
-from guard.kernels.linear_tiles import _compacted_rows, _grouped_tile, _logit_tile, _round_to
+from guard.kernels.linear_tiles import (
+    _compacted_rows,
+    _grouped_tile,
+    _logit_tile,
+    _round_to,
+)
 from guard.kernels.softmax_tiles import _logprob_entropy_grad
 from guard.kernels.tuning import chunked_backward_blocks, dot_flags
 

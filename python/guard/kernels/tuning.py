@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import triton
 
-
 #: Tests force the forward's vocabulary splits (None: chosen per shape). With a forced count the vocabulary
 #: tiles shrink to the 16-column minimum so even a 64-word vocabulary can be cut into several splits.
 FORCED_SPLITS: int | None = None
