@@ -28,13 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from guard.kernels.linear_tiles import (
-    _compacted_rows,
-    _grouped_tile,
-    _logit_tile,
-    _round_to,
-)
-from guard.kernels.softmax_tiles import _logprob_entropy_grad
+from guard.kernels.linear_tiles import _compacted_rows, _dz_tile, _grouped_tile, _round_to
 from guard.kernels.tuning import chunked_backward_blocks, dot_flags
 
 
@@ -54,19 +48,9 @@ def _linear_logprobs_dz_kernel(
     cols = v_start + local
     dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     if any_live:  # a block of ignored rows skips the recompute and writes zeros
-        z = _logit_tile(hidden_ptr, weight_ptr, bias_ptr, rows, cols, live, col_mask, H,
-                        stride_hn, stride_hh, stride_wv, stride_wh, inv_temperature,
-                        HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION, UPCAST_DOT)
-        labels = tl.load(labels_ptr + rows, mask=live, other=-1)
-        lse = tl.load(lse_ptr + rows, mask=live, other=0.0)
-        g_logp = tl.load(grad_logp_ptr + rows, mask=live, other=0.0)
-        g_ent = g_logp  # placeholders when there is no entropy
-        ent = g_logp
-        if WITH_ENTROPY:
-            g_ent = tl.load(grad_ent_ptr + rows, mask=live, other=0.0)
-            ent = tl.load(entropy_ptr + rows, mask=live, other=0.0)
-        dz = _logprob_entropy_grad(z, lse, cols, labels, g_logp, g_ent, ent, WITH_ENTROPY)
-        dz = tl.where(live[:, None] & col_mask[None, :], dz * inv_temperature, 0.0)
+        dz = _dz_tile(hidden_ptr, weight_ptr, bias_ptr, labels_ptr, lse_ptr, entropy_ptr, grad_logp_ptr, grad_ent_ptr,
+                      rows, cols, live, col_mask, H, stride_hn, stride_hh, stride_wv, stride_wh, inv_temperature,
+                      HAS_BIAS, WITH_ENTROPY, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION, UPCAST_DOT)
     tl.store(dz_ptr + rows[:, None] * stride_dz + local[None, :], _round_to(dz, dz_ptr.dtype.element_ty, UPCAST_DOT),
              mask=in_range[:, None] & col_mask[None, :])
     if NEED_BIAS:  # the block's column sums of the fp32 dz, before any rounding; the host adds the blocks

@@ -1,6 +1,6 @@
 """Tile-level pieces the three linear log-prob kernels share (the forward in linear_logprobs, the tiled
 backward in linear_logprobs_tiled, the dz kernel in linear_logprobs_chunked): which rows a program takes,
-and one logit tile built from hidden rows and weight columns.
+one logit tile built from hidden rows and weight columns, and the backward's dz tile.
 
 Rows are read through a permutation `order` that puts the rows whose label is not ignore_index first, and
 their number `count` lives on the device (no host sync): a program whose rows all lie at or beyond
@@ -13,6 +13,8 @@ the head), and accumulated in fp32. Any strides work, so a transposed view of th
 
 import triton
 import triton.language as tl
+
+from guard.kernels.softmax_tiles import _logprob_entropy_grad
 
 
 @triton.jit
@@ -52,6 +54,31 @@ def _logit_tile(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     return acc * inv_temperature
+
+
+@triton.jit
+def _dz_tile(
+    hidden_ptr, weight_ptr, bias_ptr, labels_ptr, lse_ptr, entropy_ptr, grad_logp_ptr, grad_ent_ptr,
+    rows, cols, live, col_mask, H, stride_hn, stride_hh, stride_wv, stride_wh, inv_temperature,
+    HAS_BIAS: tl.constexpr, WITH_ENTROPY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """The gradient with respect to the logits of Σ g_logp·log p(label) + g_ent·H for one tile, in fp32:
+    the logits recomputed, then (g_logp·(onehot − p) − g_ent·p·(log p + H)) / T, 0 outside live rows and
+    col_mask. Both backward designs start from it."""
+    z = _logit_tile(hidden_ptr, weight_ptr, bias_ptr, rows, cols, live, col_mask, H,
+                    stride_hn, stride_hh, stride_wv, stride_wh, inv_temperature,
+                    HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION, UPCAST_DOT)
+    labels = tl.load(labels_ptr + rows, mask=live, other=-1)
+    lse = tl.load(lse_ptr + rows, mask=live, other=0.0)
+    g_logp = tl.load(grad_logp_ptr + rows, mask=live, other=0.0)
+    g_ent = g_logp  # placeholders when there is no entropy
+    ent = g_logp
+    if WITH_ENTROPY:
+        g_ent = tl.load(grad_ent_ptr + rows, mask=live, other=0.0)
+        ent = tl.load(entropy_ptr + rows, mask=live, other=0.0)
+    dz = _logprob_entropy_grad(z, lse, cols, labels, g_logp, g_ent, ent, WITH_ENTROPY)
+    return tl.where(live[:, None] & col_mask[None, :], dz * inv_temperature, 0.0)
 
 
 @triton.jit
