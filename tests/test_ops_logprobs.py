@@ -10,78 +10,13 @@ from hypothesis import strategies as st
 
 from guard import ops
 from guard.kernels import linear_logprobs, logits_logprobs
+from logprob_reference import IGNORE, SHAPES, assert_close_all, linear_case, make_inputs, outputs_and_grads, reference
 
 needs_triton = pytest.mark.skipif(
     not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
     reason="the Triton kernels need CUDA or TRITON_INTERPRET=1",
 )
-IGNORE = -100
-
-
-def make_inputs(n, h, v, *, dtype=torch.float32, bias=True, ignored=0.2, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(n, h, generator=gen, dtype=torch.float64)
-    weight = torch.randn(v, h, generator=gen, dtype=torch.float64) / h**0.5 * 2
-    b = torch.randn(v, generator=gen, dtype=torch.float64) if bias else None
-    labels = torch.randint(0, v, (n,), generator=gen)
-    labels[torch.rand(n, generator=gen) < ignored] = IGNORE
-    grads = torch.randn(n, generator=gen, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64)
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    return cast(hidden), cast(weight), cast(b), labels, grads
-
-
-def reference(hidden, weight, bias, labels, temperature, *, dtype=torch.float64):
-    """log p(label) and entropy from materialised logits, computed in `dtype` (float64 = the truth)."""
-    logits = hidden.to(dtype) @ weight.to(dtype).T
-    if bias is not None:
-        logits = logits + bias.to(dtype)
-    logsm = torch.log_softmax(logits / temperature, dim=-1)
-    valid = labels != IGNORE
-    logp = torch.where(valid, logsm.gather(1, labels.clamp(min=0)[:, None])[:, 0], torch.zeros((), dtype=dtype))
-    entropy = torch.where(valid, -(logsm.exp() * logsm).sum(-1), torch.zeros((), dtype=dtype))
-    return logp, entropy
-
-
-def outputs_and_grads(fn, tensors, grads):
-    """Run fn on leaf copies of tensors, backprop Σ g·outputs, return outputs and input gradients."""
-    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
-    outs = fn(*leaves)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    sum(((o.double() * g).sum() for o, g in zip(outs, grads)), torch.zeros((), dtype=torch.float64)).backward()
-    return [o.detach().double() for o in outs], [None if t is None else t.grad.double() for t in leaves]
-
-
-def assert_close_all(got, expected, rtol, atol):
-    for g, e in zip(got, expected):
-        if e is None:
-            assert g is None
-            continue
-        scale = e.abs().max().item() if e.numel() else 0.0
-        torch.testing.assert_close(g, e, rtol=rtol, atol=atol * max(1.0, scale))
-
-
-def linear_case(backend, n, h, v, *, dtype, bias, temperature, entropy, ignored, seed):
-    hidden, weight, b, labels, grads = make_inputs(n, h, v, dtype=dtype, bias=bias, ignored=ignored, seed=seed)
-
-    def ours(hd, w, bb):
-        with ops.backend(backend):
-            return ops.token_logprobs(hd, w, labels, bias=bb, temperature=temperature, ignore_index=IGNORE, return_entropy=entropy)
-
-    def truth(hd, w, bb):
-        out = reference(hd, w, bb, labels, temperature)
-        return out if entropy else out[0]
-
-    got = outputs_and_grads(ours, (hidden, weight, b), grads)
-    exp = outputs_and_grads(truth, (hidden, weight, b), grads)
-    return got, exp, (hidden, weight, b, labels, grads)
-
-
-SHAPES = [  # N, H, V: H not a multiple of 16, V not a multiple of any block, a single row, many tiles
-    (37, 40, 300),
-    (1, 16, 64),
-    (20, 24, 129),
-    (33, 7, 515),
-]
+BACKENDS = [pytest.param("triton", marks=needs_triton), "torch"]
 
 
 @needs_triton
@@ -240,13 +175,17 @@ def test_auto_backend_uses_torch_on_cpu(monkeypatch):
 
 
 @needs_triton
-def test_custom_ops_pass_opcheck():
+@pytest.mark.parametrize("impl", linear_logprobs.IMPLS)
+def test_custom_ops_pass_opcheck(impl):
+    from guard.kernels.linear_logprobs import _BACKWARDS
+
     hidden, weight, b, labels, _ = make_inputs(6, 16, 40, seed=5)
     labels[0] = IGNORE
     torch.library.opcheck(linear_logprobs.linear_logprobs_fwd, (hidden, weight, b, labels, 1.0, IGNORE, True))
-    logp, ent, lse = linear_logprobs.linear_logprobs_fwd(hidden, weight, b, labels, 1.0, IGNORE, True)
-    args = (hidden, weight, b, labels, lse, ent, torch.ones(6), torch.ones(6), 1.0, IGNORE, True)
-    torch.library.opcheck(linear_logprobs.linear_logprobs_bwd, args)
+    logp, ent, lse, order, count = linear_logprobs.linear_logprobs_fwd(hidden, weight, b, labels, 1.0, IGNORE, True)
+    for needs in ((True, True, True), (True, False, False), (False, True, False)):
+        args = (hidden, weight, b, labels, order, count, lse, ent, torch.ones(6), torch.ones(6), 1.0, IGNORE, True, *needs)
+        torch.library.opcheck(_BACKWARDS[impl], args)
     logits = torch.randn(6, 40)
     torch.library.opcheck(logits_logprobs.logits_logprobs_fwd, (logits, labels, 1.0, IGNORE, True))
 
@@ -277,17 +216,44 @@ def test_bad_input_is_named():
     hidden, weight, _, labels, _ = make_inputs(5, 8, 20)
     labels[3] = 20
     with pytest.raises(ValueError, match=r"labels\[3\] = 20 is outside the vocabulary \[0, 20\)"):
-        ops.token_logprobs(hidden, weight, labels)
+        ops.token_logprobs(hidden, weight, labels, check=True)
     labels[3] = -5
     with pytest.raises(ValueError, match=r"labels\[3\] = -5"):
-        ops.token_logprobs(hidden, weight, labels)
+        ops.token_logprobs(hidden, weight, labels, check=True)
     with pytest.raises(ValueError, match=r"labels\[\(1, 0\)\] = 99"):
-        ops.sequence_logprobs(hidden.view(1, 5, 8).expand(2, 5, 8), weight, torch.tensor([[0] * 5, [99] + [0] * 4]))
+        ops.sequence_logprobs(hidden.view(1, 5, 8).expand(2, 5, 8), weight, torch.tensor([[0] * 5, [99] + [0] * 4]), check=True)
+    with pytest.raises(ValueError, match=r"labels\[2\] = 20 is outside the vocabulary"):
+        ops.token_logprobs_from_logits(torch.zeros(3, 20), torch.tensor([0, 1, 20]), check=True)
     with pytest.raises(ValueError, match="must have the same H"):
         ops.token_logprobs(hidden, weight[:, :5], labels.clamp(0, 19))
     with pytest.raises(ValueError, match="temperature must be positive"):
         ops.token_logprobs(hidden, weight, labels.clamp(0, 19), temperature=0.0)
+    with pytest.raises(ValueError, match="temperature must be positive and finite, got inf"):
+        ops.token_logprobs(hidden, weight, labels.clamp(0, 19), temperature=float("inf"))
     with pytest.raises(ValueError, match=r"hidden must be \[N, H\] and labels \[N\], got \(5, 8\) and \(3,\)"):
         ops.token_logprobs(hidden, weight, labels[:3])
     with pytest.raises(ValueError, match="backend must be one of"):
         ops.set_backend("cuda")
+    with pytest.raises(ValueError, match=r"impl must be one of \('chunked', 'tiled'\), got 'fast'"):
+        ops.token_logprobs(hidden, weight, labels.clamp(0, 19), impl="fast")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unchecked_bad_labels_give_nan_rows(backend):
+    """Without check=True nothing synchronises; a label outside the vocabulary is never a plausible number:
+    its row's log-prob and entropy are NaN, the other rows are exact, on every path."""
+    hidden, weight, b, labels, _ = make_inputs(9, 12, 40, seed=8)
+    labels[[2, 5]] = torch.tensor([40, -7])
+    labels[7] = IGNORE
+    with ops.backend(backend):
+        logp, ent = ops.token_logprobs(hidden, weight, labels, bias=b, return_entropy=True)
+        from_logits = ops.token_logprobs_from_logits(hidden @ weight.T + b, labels)
+    good = torch.ones(9, dtype=torch.bool)
+    good[[2, 5]] = False
+    ref_logp, ref_ent = reference(hidden, weight, b, labels.where(good, 0), 1.0)
+    for got in (logp, ent, from_logits):
+        assert got[~good].isnan().all()
+    assert logp[7] == 0 and ent[7] == 0
+    torch.testing.assert_close(logp[good].double(), ref_logp[good], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent[good].double(), ref_ent[good], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(from_logits[good].double(), ref_logp[good], rtol=1e-5, atol=1e-5)

@@ -173,12 +173,14 @@ def test_without_categories_or_reference():
 
 def test_bad_input_is_named():
     hidden, weight, _, labels, ref_logps, categories, _, _ = make_batch(3, 4, 16, 40)
+    labels[1, -1] = 3  # make_batch leaves row 1 without a response token, which check=True refuses
     with pytest.raises(ValueError, match=r"hidden must be \[2B, T, H\]"):
         ops.fused_preference_loss(hidden[:5], weight, labels[:5], ref_logps[:5])
     with pytest.raises(ValueError, match=r"ref_logps must be \[2B\] = \[6\]"):
         ops.fused_preference_loss(hidden, weight, labels, ref_logps[:4])
     with pytest.raises(ValueError, match=r"categories\[1\] = 7 is out of range \[0, 5\)"):
-        ops.fused_preference_loss(hidden, weight, labels, ref_logps, categories=torch.tensor([0, 7, 1]), num_categories=5)
+        ops.fused_preference_loss(hidden, weight, labels, ref_logps, categories=torch.tensor([0, 7, 1]), num_categories=5,
+                                  check=True)
     with pytest.raises(ValueError, match="categories need num_categories"):
         ops.fused_preference_loss(hidden, weight, labels, ref_logps, categories=categories)
     with pytest.raises(ValueError, match="loss_type must be one of"):
@@ -190,7 +192,7 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"labels\[\(2, 3\)\] = 40"):
         bad = labels.clone()
         bad[2, 3] = 40
-        ops.fused_preference_loss(hidden, weight, bad, ref_logps)
+        ops.fused_preference_loss(hidden, weight, bad, ref_logps, check=True)
     with pytest.raises(ValueError, match="both be \\[B\\]"):
         ops.bt_loss(torch.zeros(3), torch.zeros(4))
 
@@ -224,11 +226,11 @@ def test_head_custom_ops_pass_opcheck():
 
     gen = torch.Generator().manual_seed(0)
     logps, ref = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
-    cats, prev, kappas = torch.tensor([0, 1, 1, 2]), torch.randn(1, 8, generator=gen), torch.tensor([-0.02])
-    torch.library.opcheck(preference_head.preference_head_fwd, (logps, ref, cats, prev, kappas, "spo", 0.1, 0.0, 3))
-    torch.library.opcheck(preference_head.preference_head_fwd, (logps, None, None, None, None, "sigmoid", 0.1, 0.0, 0))
+    cats, shift = torch.tensor([0, 1, 1, 2]), torch.randn(4, generator=gen)
+    torch.library.opcheck(preference_head.preference_head_fwd, (logps, ref, cats, shift, "spo", 0.1, 0.0, 3))
+    torch.library.opcheck(preference_head.preference_head_fwd, (logps, None, None, None, "sigmoid", 0.1, 0.0, 0))
     grads = (torch.ones(()), torch.ones(4), torch.ones(8), torch.ones(3, 2, 4))
-    torch.library.opcheck(preference_head.preference_head_bwd, (logps, ref, cats, prev, kappas, *grads, "spo", 0.1, 0.0, 3))
+    torch.library.opcheck(preference_head.preference_head_bwd, (logps, ref, cats, shift, *grads, "spo", 0.1, 0.0, 3))
     c, r = logps[:4].clone(), logps[4:].clone()
     torch.library.opcheck(bt_head.bt_head_fwd, (c, r, None, 0.2, cats, 3, 0.01))
     torch.library.opcheck(bt_head.bt_head_bwd, (c, r, torch.rand(4), 0.0, cats, 3, 0.0, torch.ones(()), None, torch.ones(3, 2, 4)))

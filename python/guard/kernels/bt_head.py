@@ -34,6 +34,7 @@ from guard.kernels.moments import (
     _moment_grad_coefficients,
     _pair_means,
     _store_pair_moments,
+    _stray_rows,
     _zero_pair_power_sums,
     _zero_pair_sums,
 )
@@ -87,6 +88,7 @@ def _bt_head_fwd_kernel(
     # Pass 1: losses, accuracy, per-category counts and sums.
     total = tl.zeros([BLOCK_B], dtype=tl.float32)
     correct = tl.zeros([BLOCK_B], dtype=tl.float32)
+    stray = tl.zeros([BLOCK_B], dtype=tl.float32)
     count, sum_c, sum_r = _zero_pair_sums(BLOCK_C)
     for start in range(0, B, BLOCK_B):
         offs = start + rows
@@ -101,6 +103,7 @@ def _bt_head_fwd_kernel(
         correct += tl.where(mask & (r_c > r_r), 1.0, 0.0)
         if HAS_CATS:
             count, sum_c, sum_r = _add_pair_sums(count, sum_c, sum_r, cats_ptr, offs, mask, r_c, r_r, BLOCK_C)
+            stray += _stray_rows(cats_ptr, offs, mask, C)
     tl.store(loss_ptr, tl.sum(total, axis=0) / B)
     tl.store(accuracy_ptr, tl.sum(correct, axis=0) / B)
 
@@ -111,7 +114,7 @@ def _bt_head_fwd_kernel(
             chosen_ptr, rejected_ptr, cats_ptr, B, mean_c, mean_r, BLOCK_B, BLOCK_C
         )
         _store_pair_moments(
-            moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r,
+            moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r, stray,
             C, BLOCK_C, VARIANCE_FLOOR,
         )  # fmt: skip
 
@@ -278,10 +281,11 @@ class BTHeadFunction(torch.autograd.Function):
 
     chosen_rewards, rejected_rewards: [B], float32 / bfloat16 / float16 (differentiable). margin: float
     tensor [B], a float, or None (no gradient). categories: int [B] in [0, num_categories) or None (then
-    moments = counts = None; out-of-range values count in no category). Returns loss (0-dim, mean of
-    pair_losses), pair_losses [B], moments [C, 2, 4] (chosen, rejected) × (mean, variance, skewness,
-    excess kurtosis), all float32, counts [C] int64 and accuracy (0-dim float32, the fraction of pairs with
-    r_c > r_r); counts and accuracy are not differentiable. Gradients come back in the inputs' dtypes.
+    moments = counts = None; a value outside [0, C) counts in no category and makes every moment NaN).
+    Returns loss (0-dim, mean of pair_losses), pair_losses [B], moments [C, 2, 4] (chosen, rejected) ×
+    (mean, variance, skewness, excess kurtosis), all float32, counts [C] int64 and accuracy (0-dim
+    float32, the fraction of pairs with r_c > r_r); counts and accuracy are not differentiable. Gradients
+    come back in the inputs' dtypes.
     """
 
     @staticmethod

@@ -1,7 +1,8 @@
 """Log-softmax at the label (and optionally the entropy) from logits a caller already has: read once, write once.
 
 Forward streams each row's logits in BLOCK_V tiles through an online logsumexp (running max m, s = Σ e^{z−m},
-t = Σ e^{z−m}·z for the entropy) and picks the label's logit: one read of [N, V], outputs [N].
+t = Σ e^{z−m}·(z − m) for the entropy) and picks the label's logit: one read of [N, V], outputs [N]. A label
+outside [0, V) that is not ignore_index gives NaN for its row (guard.ops checks labels with check=True).
 Backward streams the logits again and writes grad_logits = (g_logp·(onehot − p) − g_ent·p·(log p + H)) / T
 in the logits' dtype: one read and one write of [N, V]. One launch each way (plus a zero-size guard).
 """
@@ -12,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from guard.kernels.softmax_tiles import _logprob_entropy_grad, _online_logsumexp_fold
+from guard.kernels.softmax_tiles import _finish_row, _logprob_entropy_grad, _online_logsumexp_fold
 from guard.kernels.tuning import logits_logprobs_blocks
 
 
@@ -35,12 +36,12 @@ def _logits_logprobs_fwd_kernel(
         z = tl.load(logits_ptr + rows.to(tl.int64)[:, None] * stride_n + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0)
         run_max, run_sum, run_ent, label_logit = _online_logsumexp_fold(
             run_max, run_sum, run_ent, label_logit, z.to(tl.float32) * inv_temperature, cols, col_mask, labels, WITH_ENTROPY)
-    lse = run_max + tl.log(run_sum)
-    valid = labels != ignore_index
+    logp, entropy, lse = _finish_row(run_max, run_sum, run_ent, label_logit, labels,
+                                     row_mask & (labels != ignore_index), V)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
-    tl.store(logp_ptr + rows, tl.where(valid, label_logit - lse, 0.0), mask=row_mask)
+    tl.store(logp_ptr + rows, logp, mask=row_mask)
     if WITH_ENTROPY:
-        tl.store(entropy_ptr + rows, tl.where(valid, lse - run_ent / run_sum, 0.0), mask=row_mask)
+        tl.store(entropy_ptr + rows, entropy, mask=row_mask)
 
 
 @triton.jit

@@ -11,7 +11,9 @@ two ≥ C), and per-category sums are `tl.sum(onehot * x[:, None], axis=0)`. Two
     output:  μ, m2, g1 = m3·m2^−1.5, g2 = m4·m2^−2 − 3
 
 with the zero rules of the reference: an empty category gives zeros (every sum is 0 and n is clamped to
-1), and a category with m2 < 1e-12 (`guard.losses.MOMENT_VARIANCE_FLOOR`) gives g1 = g2 = 0.
+1), and a category with m2 < 1e-12 (`guard.losses.MOMENT_VARIANCE_FLOOR`) gives g1 = g2 = 0. A category
+outside [0, C) (the heads do not check: that would need a host sync) counts in no category and makes
+every stored moment NaN, as `category_moments(..., check=False)` does; gradients ignore such rows.
 
 Derivatives. For an element v_i of category c (n = n_c, d_i = v_i − μ), differentiating through μ too
 (Σ_j d_j = 0 makes the μ-terms of m2 vanish and turns those of m3, m4 into −m2, −m3):
@@ -82,16 +84,17 @@ def _standardized(m2, m3, m4, VARIANCE_FLOOR: tl.constexpr):
 
 
 @triton.jit
-def _store_moments(moments_ptr, column, mean, m2, m3, m4, C, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr):
-    """Write moments[c, column, :] = (μ, m2, g1, g2) for c < C into a contiguous [C, 2, 4] tensor."""
+def _store_moments(moments_ptr, column, mean, m2, m3, m4, poison, C, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr):
+    """Write moments[c, column, :] = (μ, m2, g1, g2) + poison for c < C into a contiguous [C, 2, 4] tensor
+    (poison is 0, or NaN when a row had a stray category)."""
     cols = tl.arange(0, BLOCK_C)
     live = cols < C
     skew, kurt = _standardized(m2, m3, m4, VARIANCE_FLOOR)
     base = moments_ptr + cols * 8 + column * 4
-    tl.store(base + 0, mean, mask=live)
-    tl.store(base + 1, m2, mask=live)
-    tl.store(base + 2, skew, mask=live)
-    tl.store(base + 3, kurt, mask=live)
+    tl.store(base + 0, mean + poison, mask=live)
+    tl.store(base + 1, m2 + poison, mask=live)
+    tl.store(base + 2, skew + poison, mask=live)
+    tl.store(base + 3, kurt + poison, mask=live)
 
 
 @triton.jit
@@ -164,6 +167,13 @@ def _add_pair_sums(count, sum_c, sum_r, cats_ptr, offs, mask, v_c, v_r, BLOCK_C:
 
 
 @triton.jit
+def _stray_rows(cats_ptr, offs, mask, C):
+    """[BLOCK_B] float32: 1 where live row offs[i] has a category outside [0, C) (summed into `stray`)."""
+    cats = tl.load(cats_ptr + offs, mask=mask, other=0)
+    return tl.where(mask & ((cats < 0) | (cats >= C)), 1.0, 0.0)
+
+
+@triton.jit
 def _pair_means(count, sum_c, sum_r):
     """After pass 1: (1 / max(n, 1), μ_c, μ_r) per category."""
     inv_n = 1.0 / tl.maximum(count, 1.0)
@@ -195,11 +205,13 @@ def _add_pair_power_sums(
 
 @triton.jit
 def _store_pair_moments(
-    moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r,
+    moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r, stray,
     C, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr,
 ):  # fmt: skip
-    """After pass 2 of a forward: moments[c, 0 | 1, :] of both columns and counts[c] (int64), for c < C."""
-    _store_moments(moments_ptr, 0, mean_c, s2_c * inv_n, s3_c * inv_n, s4_c * inv_n, C, BLOCK_C, VARIANCE_FLOOR)
-    _store_moments(moments_ptr, 1, mean_r, s2_r * inv_n, s3_r * inv_n, s4_r * inv_n, C, BLOCK_C, VARIANCE_FLOOR)
+    """After pass 2 of a forward: moments[c, 0 | 1, :] of both columns and counts[c] (int64), for c < C;
+    every moment NaN if any of `stray` ([BLOCK_B] sums of _stray_rows) is not 0."""
+    poison = tl.where(tl.sum(stray, axis=0) > 0, float("nan"), 0.0)
+    _store_moments(moments_ptr, 0, mean_c, s2_c * inv_n, s3_c * inv_n, s4_c * inv_n, poison, C, BLOCK_C, VARIANCE_FLOOR)
+    _store_moments(moments_ptr, 1, mean_r, s2_r * inv_n, s3_r * inv_n, s4_r * inv_n, poison, C, BLOCK_C, VARIANCE_FLOOR)
     cols = tl.arange(0, BLOCK_C)
     tl.store(counts_ptr + cols, count.to(tl.int64), mask=cols < C)

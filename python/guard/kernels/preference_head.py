@@ -6,15 +6,18 @@ dozen small kernels forward and more backward. Here a single program (grid = (1,
 blocks of BLOCK_B pairs, a few times:
 
     forward   pass 1: rewards = β·(logp − ref), per-category counts and sums, the batch sums of the
-                      log-ratios (KTO's reference points z_c, z_r)
+                      log-ratios (KTO's reference points z_c, z_r), rows with a stray category
               pass 2: per-pair losses and their sum, per-category centered powers Σd², Σd³, Σd⁴
     backward  passes 1–2 again (cheaper than saving their results), pass 3: ∂/∂logps of the loss,
               the pair losses, the rewards and the moments, all at once
 
 Rows are chosen first: logps[i] and logps[B + i] are one pair. The math is `guard.losses.pair_losses`,
-`guard.losses.spo_pair_losses` and `guard.losses.category_moments` (DESIGN.md §3); the moment passes
-and their derivatives are in `guard.kernels.moments`, σ and logσ in `guard.kernels.stable_math`, the
-block sizes in `guard.kernels.tuning.head_blocks`. Everything is float32 inside.
+`guard.losses.spo_pair_losses` and `guard.losses.category_moments` (DESIGN.md §3). SPO's earlier rounds
+enter as one margin shift Σ_k κ_k·(prev_c[k] − prev_r[k]) [B] (`guard.losses.spo_shift`, a few torch ops
+before the launch: κ stays a Python float, so nothing is copied to the device and nothing synchronises).
+The moment passes and their derivatives are in `guard.kernels.moments`, σ and logσ in
+`guard.kernels.stable_math`, the block sizes in `guard.kernels.tuning.head_blocks`. Everything is
+float32 inside.
 
     loss, pair_losses, rewards, moments, counts = PreferenceHeadFunction.apply(
         logps, ref_logps, categories, previous_logratios, "sigmoid", 0.1, 0.0, (), num_categories)
@@ -35,12 +38,13 @@ from guard.kernels.moments import (
     _moment_grad_coefficients,
     _pair_means,
     _store_pair_moments,
+    _stray_rows,
     _zero_pair_power_sums,
     _zero_pair_sums,
 )
 from guard.kernels.stable_math import _log_sigmoid, _sigmoid
 from guard.kernels.tuning import head_blocks
-from guard.losses import MOMENT_VARIANCE_FLOOR
+from guard.losses import MOMENT_VARIANCE_FLOOR, check_preference_params, spo_shift
 
 #: loss_type → the LOSS constexpr of the kernels.
 _LOSS_CODES = {"sigmoid": 0, "ipo": 1, "apo_zero": 2, "apo_down": 3, "kto_pair": 4, "spo": 5}
@@ -58,15 +62,17 @@ def _load_logratios(logps_ptr, ref_ptr, offs, mask, B, HAS_REF: tl.constexpr):
 
 @triton.jit
 def _logratio_sums(
-    logps_ptr, ref_ptr, cats_ptr, rewards_ptr, B, beta,
+    logps_ptr, ref_ptr, cats_ptr, rewards_ptr, B, C, beta,
     HAS_REF: tl.constexpr, CATS: tl.constexpr, STORE_REWARDS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """Pass 1: KTO's reference points z_c, z_r (the batch means of the log-ratios, floored at 0), then the
-    per-category counts and sums of the rewards β·lr (zeros unless CATS); stores the rewards if STORE_REWARDS."""
+    per-category counts and sums of the rewards β·lr and the rows with a stray category (zeros unless
+    CATS); stores the rewards if STORE_REWARDS."""
     rows = tl.arange(0, BLOCK_B)
     lr_sum_c = tl.zeros([BLOCK_B], dtype=tl.float32)
     lr_sum_r = tl.zeros([BLOCK_B], dtype=tl.float32)
+    stray = tl.zeros([BLOCK_B], dtype=tl.float32)
     count, sum_c, sum_r = _zero_pair_sums(BLOCK_C)
     for start in range(0, B, BLOCK_B):
         offs = start + rows
@@ -81,21 +87,18 @@ def _logratio_sums(
             count, sum_c, sum_r = _add_pair_sums(
                 count, sum_c, sum_r, cats_ptr, offs, mask, beta * lr_c, beta * lr_r, BLOCK_C
             )
+            stray += _stray_rows(cats_ptr, offs, mask, C)
     z_c = tl.maximum(tl.sum(lr_sum_c, axis=0) / B, 0.0)
     z_r = tl.maximum(tl.sum(lr_sum_r, axis=0) / B, 0.0)
-    return z_c, z_r, count, sum_c, sum_r
+    return z_c, z_r, count, sum_c, sum_r, stray
 
 
 @triton.jit
-def _spo_shift(prev_ptr, kappas_ptr, offs, mask, B, R, BLOCK_B: tl.constexpr):
-    # Σ_k κ_k·(prev[k, i] − prev[k, B + i]): the earlier rounds' part of SPO's reward margin.
+def _load_shift(shift_ptr, offs, mask, HAS_SHIFT: tl.constexpr, BLOCK_B: tl.constexpr):
+    """SPO's earlier-round margin Σ_k κ_k·(prev_c[k] − prev_r[k]) of the block's pairs (zeros without one)."""
     shift = tl.zeros([BLOCK_B], dtype=tl.float32)
-    for k in range(0, R):
-        kappa = tl.load(kappas_ptr + k)
-        row = prev_ptr + k * 2 * B
-        prev_c = tl.load(row + offs, mask=mask, other=0.0).to(tl.float32)
-        prev_r = tl.load(row + B + offs, mask=mask, other=0.0).to(tl.float32)
-        shift += kappa * (prev_c - prev_r)
+    if HAS_SHIFT:
+        shift += tl.load(shift_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     return shift
 
 
@@ -143,17 +146,17 @@ def _pair_loss(lr_c, lr_r, shift, z_c, z_r, beta, label_smoothing, LOSS: tl.cons
 
 @triton.jit
 def _preference_head_fwd_kernel(
-    logps_ptr, ref_ptr, cats_ptr, prev_ptr, kappas_ptr,
+    logps_ptr, ref_ptr, cats_ptr, shift_ptr,
     loss_ptr, pair_losses_ptr, rewards_ptr, moments_ptr, counts_ptr,
-    B, R, C, beta, label_smoothing,
-    LOSS: tl.constexpr, HAS_REF: tl.constexpr, HAS_CATS: tl.constexpr,
+    B, C, beta, label_smoothing,
+    LOSS: tl.constexpr, HAS_REF: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_CATS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr,
 ):  # fmt: skip
     rows = tl.arange(0, BLOCK_B)
 
     # Pass 1: rewards, counts and per-category sums, the batch sums of the log-ratios.
-    z_c, z_r, count, sum_c, sum_r = _logratio_sums(
-        logps_ptr, ref_ptr, cats_ptr, rewards_ptr, B, beta, HAS_REF, HAS_CATS, True, BLOCK_B, BLOCK_C
+    z_c, z_r, count, sum_c, sum_r, stray = _logratio_sums(
+        logps_ptr, ref_ptr, cats_ptr, rewards_ptr, B, C, beta, HAS_REF, HAS_CATS, True, BLOCK_B, BLOCK_C
     )
     inv_n, mean_c, mean_r = _pair_means(count, sum_c, sum_r)
 
@@ -164,9 +167,7 @@ def _preference_head_fwd_kernel(
         offs = start + rows
         mask = offs < B
         lr_c, lr_r = _load_logratios(logps_ptr, ref_ptr, offs, mask, B, HAS_REF)
-        shift = tl.zeros([BLOCK_B], dtype=tl.float32)
-        if LOSS == 5:
-            shift = _spo_shift(prev_ptr, kappas_ptr, offs, mask, B, R, BLOCK_B)
+        shift = _load_shift(shift_ptr, offs, mask, HAS_SHIFT, BLOCK_B)
         loss, _d_c, _d_r = _pair_loss(lr_c, lr_r, shift, z_c, z_r, beta, label_smoothing, LOSS)
         loss = tl.where(mask, loss, 0.0)
         tl.store(pair_losses_ptr + offs, loss, mask=mask)
@@ -179,25 +180,25 @@ def _preference_head_fwd_kernel(
     tl.store(loss_ptr, tl.sum(total, axis=0) / B)
     if HAS_CATS:
         _store_pair_moments(
-            moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r,
+            moments_ptr, counts_ptr, count, inv_n, mean_c, mean_r, s2_c, s3_c, s4_c, s2_r, s3_r, s4_r, stray,
             C, BLOCK_C, VARIANCE_FLOOR,
         )  # fmt: skip
 
 
 @triton.jit
 def _preference_head_bwd_kernel(
-    logps_ptr, ref_ptr, cats_ptr, prev_ptr, kappas_ptr,
+    logps_ptr, ref_ptr, cats_ptr, shift_ptr,
     g_loss_ptr, g_pair_ptr, g_rewards_ptr, g_moments_ptr, grad_ptr,
-    B, R, C, beta, label_smoothing,
-    LOSS: tl.constexpr, HAS_REF: tl.constexpr, MOMENT_GRADS: tl.constexpr,
+    B, C, beta, label_smoothing,
+    LOSS: tl.constexpr, HAS_REF: tl.constexpr, HAS_SHIFT: tl.constexpr, MOMENT_GRADS: tl.constexpr,
     HAS_G_LOSS: tl.constexpr, HAS_G_PAIR: tl.constexpr, HAS_G_REWARDS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, VARIANCE_FLOOR: tl.constexpr,
 ):  # fmt: skip
     rows = tl.arange(0, BLOCK_B)
 
     # Pass 1 (as forward, storing nothing): KTO's batch means, per-category counts and means.
-    z_c, z_r, count, sum_c, sum_r = _logratio_sums(
-        logps_ptr, ref_ptr, cats_ptr, None, B, beta, HAS_REF, MOMENT_GRADS, False, BLOCK_B, BLOCK_C
+    z_c, z_r, count, sum_c, sum_r, _stray = _logratio_sums(
+        logps_ptr, ref_ptr, cats_ptr, None, B, C, beta, HAS_REF, MOMENT_GRADS, False, BLOCK_B, BLOCK_C
     )
     inv_n, mean_c, mean_r = _pair_means(count, sum_c, sum_r)
 
@@ -230,9 +231,7 @@ def _preference_head_bwd_kernel(
         grad_c = tl.zeros([BLOCK_B], dtype=tl.float32)
         grad_r = tl.zeros([BLOCK_B], dtype=tl.float32)
         if HAS_G_LOSS or HAS_G_PAIR:
-            shift = tl.zeros([BLOCK_B], dtype=tl.float32)
-            if LOSS == 5:
-                shift = _spo_shift(prev_ptr, kappas_ptr, offs, mask, B, R, BLOCK_B)
+            shift = _load_shift(shift_ptr, offs, mask, HAS_SHIFT, BLOCK_B)
             _loss, d_c, d_r = _pair_loss(lr_c, lr_r, shift, z_c, z_r, beta, label_smoothing, LOSS)
             g_pair = tl.zeros([BLOCK_B], dtype=tl.float32) + g_mean_loss
             if HAS_G_PAIR:
@@ -256,12 +255,7 @@ def _preference_head_bwd_kernel(
 
 def _check_inputs(logps, ref_logps, categories, previous_logratios, loss_type, beta, label_smoothing, kappas, num_categories):
     """Shape, dtype, device and option checks that need no device synchronisation. Returns B."""
-    if loss_type not in _LOSS_CODES:
-        raise ValueError(f"loss_type must be one of {tuple(_LOSS_CODES)}, got {loss_type!r}")
-    if not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta}")
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    check_preference_params(loss_type, beta, label_smoothing, tuple(_LOSS_CODES))
     if logps.dim() != 1 or logps.shape[0] == 0 or logps.shape[0] % 2:
         raise ValueError(f"logps must be [2B] with B ≥ 1 (chosen rows first), got shape {tuple(logps.shape)}")
     if not logps.dtype.is_floating_point:
@@ -299,12 +293,12 @@ def _check_inputs(logps, ref_logps, categories, previous_logratios, loss_type, b
 
 @torch.library.custom_op("guard::preference_head_fwd", mutates_args=())
 def preference_head_fwd(
-    logps: torch.Tensor, ref_logps: torch.Tensor | None, categories: torch.Tensor | None,
-    previous_logratios: torch.Tensor | None, kappas: torch.Tensor | None,
+    logps: torch.Tensor, ref_logps: torch.Tensor | None, categories: torch.Tensor | None, shift: torch.Tensor | None,
     loss_type: str, beta: float, label_smoothing: float, num_categories: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One launch: (loss, pair_losses, rewards, moments, counts); without categories moments is [0, 2, 4]
-    and counts [0]. Inputs contiguous. A custom op, so torch.compile calls it as one opaque node."""
+    and counts [0]. shift: SPO's earlier-round margin [B] or None. Inputs contiguous. A custom op, so
+    torch.compile calls it as one opaque node."""
     batch = logps.shape[0] // 2
     device = logps.device
     has_cats = categories is not None
@@ -314,20 +308,18 @@ def preference_head_fwd(
     rewards = torch.empty(2 * batch, dtype=torch.float32, device=device)
     moments = torch.empty(num_categories if has_cats else 0, 2, 4, dtype=torch.float32, device=device)
     counts = torch.empty(num_categories if has_cats else 0, dtype=torch.int64, device=device)
-    rounds = 0 if previous_logratios is None else previous_logratios.shape[0]
     _preference_head_fwd_kernel[(1,)](
-        logps, logps if ref_logps is None else ref_logps, categories if has_cats else logps,
-        logps if previous_logratios is None else previous_logratios, logps if kappas is None else kappas,
+        logps, logps if ref_logps is None else ref_logps, categories if has_cats else logps, logps if shift is None else shift,
         loss, pair_losses, rewards, rewards if not has_cats else moments, rewards if not has_cats else counts,
-        batch, rounds, num_categories if has_cats else 1, float(beta), float(label_smoothing),
-        LOSS=_LOSS_CODES[loss_type], HAS_REF=ref_logps is not None, HAS_CATS=has_cats,
+        batch, num_categories if has_cats else 1, float(beta), float(label_smoothing),
+        LOSS=_LOSS_CODES[loss_type], HAS_REF=ref_logps is not None, HAS_SHIFT=shift is not None, HAS_CATS=has_cats,
         BLOCK_B=block_b, BLOCK_C=block_c, VARIANCE_FLOOR=MOMENT_VARIANCE_FLOOR,
     )  # fmt: skip
     return loss, pair_losses, rewards, moments, counts
 
 
 @preference_head_fwd.register_fake
-def _(logps, ref_logps, categories, previous_logratios, kappas, loss_type, beta, label_smoothing, num_categories):
+def _(logps, ref_logps, categories, shift, loss_type, beta, label_smoothing, num_categories):
     batch, cats = logps.shape[0] // 2, num_categories if categories is not None else 0
     f32 = dict(dtype=torch.float32, device=logps.device)
     return (torch.empty((), **f32), torch.empty(batch, **f32), torch.empty(2 * batch, **f32), torch.empty(cats, 2, 4, **f32),
@@ -336,8 +328,7 @@ def _(logps, ref_logps, categories, previous_logratios, kappas, loss_type, beta,
 
 @torch.library.custom_op("guard::preference_head_bwd", mutates_args=())
 def preference_head_bwd(
-    logps: torch.Tensor, ref_logps: torch.Tensor | None, categories: torch.Tensor | None,
-    previous_logratios: torch.Tensor | None, kappas: torch.Tensor | None,
+    logps: torch.Tensor, ref_logps: torch.Tensor | None, categories: torch.Tensor | None, shift: torch.Tensor | None,
     g_loss: torch.Tensor | None, g_pair: torch.Tensor | None, g_rewards: torch.Tensor | None, g_moments: torch.Tensor | None,
     loss_type: str, beta: float, label_smoothing: float, num_categories: int,
 ) -> torch.Tensor:
@@ -346,15 +337,14 @@ def preference_head_bwd(
     moment_grads = categories is not None and g_moments is not None
     block_b, block_c = head_blocks(batch, num_categories if categories is not None else None)
     grad = torch.empty_like(logps)
-    rounds = 0 if previous_logratios is None else previous_logratios.shape[0]
     _preference_head_bwd_kernel[(1,)](
         logps, logps if ref_logps is None else ref_logps, categories if moment_grads else logps,
-        logps if previous_logratios is None else previous_logratios, logps if kappas is None else kappas,
+        logps if shift is None else shift,
         grad if g_loss is None else g_loss.contiguous(), grad if g_pair is None else g_pair.contiguous(),
         grad if g_rewards is None else g_rewards.contiguous(), grad if not moment_grads else g_moments.contiguous(),
         grad,
-        batch, rounds, num_categories if moment_grads else 1, float(beta), float(label_smoothing),
-        LOSS=_LOSS_CODES[loss_type], HAS_REF=ref_logps is not None, MOMENT_GRADS=moment_grads,
+        batch, num_categories if moment_grads else 1, float(beta), float(label_smoothing),
+        LOSS=_LOSS_CODES[loss_type], HAS_REF=ref_logps is not None, HAS_SHIFT=shift is not None, MOMENT_GRADS=moment_grads,
         HAS_G_LOSS=g_loss is not None, HAS_G_PAIR=g_pair is not None, HAS_G_REWARDS=g_rewards is not None,
         BLOCK_B=block_b, BLOCK_C=block_c, VARIANCE_FLOOR=MOMENT_VARIANCE_FLOOR,
     )  # fmt: skip
@@ -371,9 +361,10 @@ class PreferenceHeadFunction(torch.autograd.Function):
     num_categories) -> (loss, pair_losses, rewards, moments, counts)``.
 
     logps: float [2B], chosen rows first (differentiable). ref_logps: [2B] or None (zeros). categories:
-    int [B] in [0, num_categories) or None (then moments = counts = None; out-of-range values count in
-    no category: checking would synchronise). previous_logratios: [R, 2B] or None, SPO's cached log-ratios,
-    oldest round first, with kappas the R weights κ of `guard.losses.spo_kappas` (empty otherwise).
+    int [B] in [0, num_categories) or None (then moments = counts = None; a value outside [0, C) counts
+    in no category and makes every moment NaN: checking would synchronise). previous_logratios: [R, 2B]
+    or None, SPO's cached log-ratios, oldest round first, with kappas the R weights κ of
+    `guard.losses.spo_kappas` (empty otherwise); they enter as one shift [B] (`guard.losses.spo_shift`).
     Returns loss (0-dim, mean of pair_losses), pair_losses [B], rewards [2B] = β·(logps − ref_logps),
     moments [C, 2, 4] (chosen, rejected) × (mean, variance, skewness, excess kurtosis), all float32, and
     counts [C] int64 (not differentiable). Gradients reach logps only; the gradient has logps's dtype.
@@ -382,19 +373,19 @@ class PreferenceHeadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logps, ref_logps, categories, previous_logratios, loss_type, beta, label_smoothing, kappas, num_categories):
         kappas = tuple(float(k) for k in kappas)
-        _check_inputs(logps, ref_logps, categories, previous_logratios, loss_type, beta, label_smoothing, kappas, num_categories)
+        batch = _check_inputs(logps, ref_logps, categories, previous_logratios, loss_type, beta, label_smoothing, kappas,
+                              num_categories)
         logps = logps.contiguous()
         ref_logps = None if ref_logps is None else ref_logps.contiguous()
         categories = None if categories is None else categories.contiguous()
-        previous_logratios = None if previous_logratios is None else previous_logratios.contiguous()
-        kappa_tensor = None
-        if kappas:  # R floats, one host-to-device copy (no kernel)
-            kappa_tensor = torch.tensor(kappas, dtype=torch.float32, device=logps.device)
+        shift = None
+        if kappas:  # R scalar multiply-adds on the device: κ never leaves the host, nothing synchronises
+            prev = previous_logratios.float()
+            shift = spo_shift(prev[:, :batch], prev[:, batch:], kappas).contiguous()
         loss, pair_losses, rewards, moments, counts = preference_head_fwd(
-            logps, ref_logps, categories, previous_logratios, kappa_tensor, loss_type, float(beta), float(label_smoothing),
-            num_categories or 0,
+            logps, ref_logps, categories, shift, loss_type, float(beta), float(label_smoothing), num_categories or 0,
         )
-        ctx.save_for_backward(logps, ref_logps, categories, previous_logratios, kappa_tensor)
+        ctx.save_for_backward(logps, ref_logps, categories, shift)
         ctx.options = (loss_type, float(beta), float(label_smoothing), num_categories or 0)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(counts)
@@ -407,10 +398,10 @@ class PreferenceHeadFunction(torch.autograd.Function):
     def backward(ctx, g_loss, g_pair, g_rewards, g_moments, _g_counts):
         if not ctx.needs_input_grad[0] or all(g is None for g in (g_loss, g_pair, g_rewards, g_moments)):
             return (None,) * 9
-        logps, ref_logps, categories, previous_logratios, kappa_tensor = ctx.saved_tensors
+        logps, ref_logps, categories, shift = ctx.saved_tensors
         loss_type, beta, label_smoothing, num_categories = ctx.options
         grad = preference_head_bwd(
-            logps, ref_logps, categories, previous_logratios, kappa_tensor, g_loss, g_pair, g_rewards, g_moments,
+            logps, ref_logps, categories, shift, g_loss, g_pair, g_rewards, g_moments,
             loss_type, beta, label_smoothing, num_categories,
         )  # fmt: skip
         return (grad,) + (None,) * 8

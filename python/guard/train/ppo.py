@@ -121,7 +121,7 @@ def token_pass(model, value_head, rollout: Rollout, temperature: float, autocast
     before = hidden.gather(1, (positions - 1).unsqueeze(-1).expand(-1, -1, size))  # the state predicting token t
     labels = rollout.input_ids.gather(1, positions)
     wants_values = value_head is not None
-    out = ops.token_logprobs(before[mask], weight.to(hidden.dtype), labels[mask], temperature=temperature,
+    out = ops.token_logprobs(before[mask], weight, labels[mask], temperature=temperature,
                              return_entropy=wants_values)
     logp, entropy = out if wants_values else (out, None)
     values = value_head(before.float()).squeeze(-1) * mask if wants_values else None

@@ -105,7 +105,7 @@ def reference_logps(model, reference, batch: dict[str, torch.Tensor], autocast: 
 def policy_logps(model, batch: dict[str, torch.Tensor], autocast: bool) -> torch.Tensor:
     """Sequence log-probs [2B] (fp32) of `model` as it is, through the chunked LM-head op."""
     hidden, labels, weight = hidden_and_labels(model, batch, autocast)
-    return ops.sequence_logprobs(hidden, weight.to(hidden.dtype), labels).float()
+    return ops.sequence_logprobs(hidden, weight, labels).float()
 
 
 def preference_step(model, reference, batch: dict[str, torch.Tensor], cfg: PrefConfig, autocast: bool,
@@ -116,7 +116,7 @@ def preference_step(model, reference, batch: dict[str, torch.Tensor], cfg: PrefC
     if ref_logps is None:
         ref_logps = reference_logps(model, reference, batch, autocast)
     hidden, labels, weight = hidden_and_labels(model, batch, autocast)
-    return ops.fused_preference_loss(hidden, weight.to(hidden.dtype), labels, ref_logps, loss_type=cfg.loss,
+    return ops.fused_preference_loss(hidden, weight, labels, ref_logps, loss_type=cfg.loss,
                                      beta=cfg.beta, label_smoothing=cfg.label_smoothing, categories=categories,
                                      num_categories=num_categories, previous_logratios=previous_logratios,
                                      alphas=alphas)

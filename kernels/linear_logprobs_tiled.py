@@ -1,0 +1,1 @@
+../python/guard/kernels/linear_logprobs_tiled.py
