@@ -24,7 +24,7 @@ What it does, in order, within one time budget (--budget, default BUDGET_S: 8 mi
         gpu-suite.md               the summary, the environment, each step's result tables and output tail
         gpu-suite.json             the same as data: every step's command, status, seconds, output tail, files
         gpu-suite.log              every step's full output
-        gpu-suite-results.tar.gz   every step's result files (<step>/<file>, e.g. ops-*.md/json, train-rm-*.md)
+        gpu-suite-results.tar.gz   results/<step>/<file> (ops-*.md/json, train-rm-*.md, ...), logs/, the json
 Exit status 1 when a step failed or timed out (skipped steps are not failures).
 
 --dry-run: the same steps with their CPU smoke command lines (tiny shapes, one thread), no wheels unless --wheels
@@ -80,6 +80,7 @@ BUDGET_S = 465  # the whole suite, install included: under 8 minutes, inside a d
 DRY_BUDGET_S = 900
 DRY_TIMEOUT_S = 300
 MIN_STEP_S = 20  # a step with less time than this left is not started
+PROBE_TIMEOUT_S = 90  # the environment probe (imports torch and guard, asks nvidia-smi)
 
 # Every guard implementation and every peer bench_ops knows, guard's first (add the second design when it lands).
 OPS_IMPLS = "guard,liger,trl,cce,torch,compile"
@@ -88,14 +89,13 @@ OPS_IMPLS = "guard,liger,trl,cce,torch,compile"
 OPS = "bench/gpu_suite.py --bench-ops-at {shape} --impls " + OPS_IMPLS + " --out {{results}}"
 OPS_DRY = OPS + " --smoke"
 TRAIN_DRY = "--config tiny --device cpu --steps 1 --warmup 1 --threads 1"
+# The same on the CPU, where conftest skips every gpu test: the dry run records "skipped: no CUDA".
+PYTEST_GPU = ("-m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors "
+              "--junitxml={results}/pytest-gpu.xml")
 
 STEPS = [
     Step("pytest-gpu", "pytest -m gpu: compiled kernels on CUDA vs float64 references, bf16, V*H > 2^31, peak memory",
-         gpu="-m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors "
-             "--junitxml={results}/pytest-gpu.xml",
-         dry="-m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors "
-             "--junitxml={results}/pytest-gpu.xml",
-         timeout_s=150, needs=("guard", "pytest")),
+         gpu=PYTEST_GPU, dry=PYTEST_GPU, timeout_s=150, needs=("guard", "pytest")),
     Step("ops-16384x4096x128256", "bench_ops: DPO loss step from hidden states, Llama-3-8B head, bf16, vs peers",
          gpu=OPS.format(shape="16384x4096x128256"), dry=OPS_DRY.format(shape="16384x4096x128256"),
          timeout_s=100, needs=("guard",)),
@@ -191,6 +191,7 @@ def choose_guard_source(site: Path, tree: Path = ROOT / "python") -> dict:
 
 
 def probe(modules: list[str]) -> dict:
+    """What the steps will run on: interpreter, versions, device, where guard comes from, which `modules` import."""
     import importlib.metadata
     import importlib.util
 
@@ -228,11 +229,27 @@ def probe(modules: list[str]) -> dict:
         info["guard_error"] = f"{type(e).__name__}: {e}"
     smi = shutil.which("nvidia-smi")
     if smi:
-        done = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm",
-                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        info["nvidia_smi"] = done.stdout.strip() or done.stderr.strip()
+        try:
+            done = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm",
+                                   "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+            info["nvidia_smi"] = done.stdout.strip() or done.stderr.strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            info["nvidia_smi"] = f"{type(e).__name__}: {e}"
     info["carried_unmet"] = unmet_requirements(os.environ.get("GUARD_SUITE_SITE"))
     return info
+
+
+def run_probe(env: dict, modules: list[str]) -> dict:
+    """probe() in a subprocess with the steps' environment; on failure, a record of it (importable None: unknown)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", *modules]
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"probe_error": f"timed out after {PROBE_TIMEOUT_S} s", "importable": None, "cuda": None}
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"probe_error": (done.stdout + done.stderr)[-TAIL_CHARS:], "importable": None, "cuda": None}
 
 
 def unmet_requirements(site: str | None) -> list[str]:
@@ -285,11 +302,13 @@ def command(step: Step, dry_run: bool, results: Path, tag: str) -> list[str]:
 
 def run_command(cmd: list[str], env: dict, timeout_s: float, log_path: Path) -> tuple[int | None, float]:
     """Run cmd from the repo root with its output in log_path; at the timeout, end its whole process group
-    (pytest, torch.compile and bench subprocesses included). Returns (exit code or None on timeout, seconds)."""
+    (pytest, torch.compile and bench subprocesses included). Returns (exit code or None on timeout, seconds).
+    A process group, not a new session: when the device tool ends the call it kills what is left of the call's
+    session, and a step in a session of its own would run on, holding the GPU, into the next call."""
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, process_group=0)
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -299,8 +318,9 @@ def run_command(cmd: list[str], env: dict, timeout_s: float, log_path: Path) -> 
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        _kill_group(proc.pid, signal.SIGKILL)  # whatever it left behind
-        proc.wait()
+        finally:  # also when the suite itself is stopped (SIGTERM, Ctrl-C) mid-step
+            _kill_group(proc.pid, signal.SIGKILL)  # whatever it left behind
+            proc.wait()
     return code, time.perf_counter() - t0
 
 
@@ -338,9 +358,12 @@ def judge(step: Step, code: int | None, seconds: float, timeout_s: float, result
 
 
 def run_steps(steps: list[Step], *, dry_run: bool, env: dict, work: Path, tag: str, deadline: float,
-              importable: dict[str, bool], cuda: bool, min_step_s: float = MIN_STEP_S, log=print) -> list[dict]:
+              importable: dict[str, bool] | None, cuda: bool, min_step_s: float = MIN_STEP_S, log=print,
+              after_each=None) -> list[dict]:
     """Run each step in turn within the deadline (time.monotonic()), going on after failures; a step with less
-    than min_step_s left is not started."""
+    than min_step_s left is not started. importable: module -> found (None: unknown, so nothing is skipped for
+    it). after_each(records) runs after every step (the caller saves the report so far: a kill of the whole
+    call still leaves the finished steps' report behind)."""
     records = []
     for i, step in enumerate(steps, 1):
         results = work / "results" / step.name
@@ -348,7 +371,7 @@ def run_steps(steps: list[Step], *, dry_run: bool, env: dict, work: Path, tag: s
         cmd = command(step, dry_run, results, tag)
         record = {"name": step.name, "what": step.what, "command": shlex.join(cmd[1:]), "seconds": 0.0,
                   "timeout_s": None, "returncode": None, "detail": "", "tail": "", "files": {}}
-        missing = [m for m in step.needs if not importable.get(m, False)]
+        missing = [m for m in step.needs if importable is not None and not importable.get(m, False)]
         left = deadline - time.monotonic()
         timeout_s = min(DRY_TIMEOUT_S if dry_run else step.timeout_s, left)
         if missing:
@@ -358,14 +381,19 @@ def run_steps(steps: list[Step], *, dry_run: bool, env: dict, work: Path, tag: s
         else:
             log(f"[{i}/{len(steps)}] {step.name}: {record['command']}  (timeout {timeout_s:.0f} s)")
             log_path = work / "logs" / f"{step.name}.log"
-            code, seconds = run_command(cmd, env, timeout_s, log_path)
-            record.update(seconds=round(seconds, 1), timeout_s=round(timeout_s), returncode=code,
-                          tail=log_path.read_bytes()[-TAIL_CHARS:].decode("utf-8", "replace"))
-            record["status"], record["detail"] = judge(step, code, seconds, timeout_s, results, cuda)
-            record["files"] = result_files(results)
+            try:
+                code, seconds = run_command(cmd, env, timeout_s, log_path)
+                record.update(seconds=round(seconds, 1), timeout_s=round(timeout_s), returncode=code,
+                              tail=log_path.read_bytes()[-TAIL_CHARS:].decode("utf-8", "replace"))
+                record["status"], record["detail"] = judge(step, code, seconds, timeout_s, results, cuda)
+                record["files"] = result_files(results)
+            except Exception as e:  # the suite's own trouble with one step must not cost the others
+                record["status"] = f"failed (suite error: {type(e).__name__}: {e})"
         log(f"[{i}/{len(steps)}] {step.name}: {record['status']}" + (f" ({record['seconds']:.1f} s)" if record["seconds"] else "")
             + (f" - {record['detail']}" if record["detail"] else ""))
         records.append(record)
+        if after_each is not None:
+            after_each(records)
     return records
 
 
@@ -406,8 +434,12 @@ def markdown(report: dict) -> str:
              f"- wheels: {inst['status']}; installed {', '.join(inst.get('wheels', [])) or 'none'}"
              + (f"; REFUSED (the machine has them): {', '.join(inst['refused'])}" if inst.get("refused") else ""),
              f"- carried packages' requirements the machine misses: {'; '.join(env.get('carried_unmet', [])) or 'none'}",
-             f"- budget {report['budget_s']} s; suite wall time {report['wall_s']:.0f} s", "",
-             summary_table(report["steps"]), ""]
+             f"- budget {report['budget_s']:.0f} s; suite wall time {report['wall_s']:.0f} s"
+             + ("" if report["complete"] else " so far: INCOMPLETE (the call ended before the suite did)"), ""]
+    if env.get("probe_error"):
+        last = (env["probe_error"].strip().splitlines() or ["(no output)"])[-1]
+        lines += [f"- the environment probe failed: {last}", ""]
+    lines += [summary_table(report["steps"]), ""]
     for r in report["steps"]:
         lines += [f"## {r['name']}: {r['status']}", "", r["what"], "", f"`{r['command']}`", ""]
         for name, text in r["files"].items():
@@ -449,7 +481,7 @@ def _tar_text(name: str, text: str):
 
 
 def device_tag(env: dict, dry_run: bool, date: str) -> str:
-    name = "cpu-dryrun" if dry_run or not env.get("cuda") else env.get("device", "gpu")
+    name = "cpu-dryrun" if dry_run else env.get("device", "gpu") if env.get("cuda") else "cpu"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") + "-" + date
 
 
@@ -479,7 +511,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--dry-run", action="store_true", help="the CPU smoke command lines (what the test runs)")
-    p.add_argument("--out", type=Path, help="where the report goes (default: $OUT, else WORK/out)")
+    p.add_argument("--out", type=Path, help="where the report goes (default: $OUT, else WORK-out beside WORK)")
     p.add_argument("--wheels", type=Path, help="the carried wheels (default .whl on a GPU run; none in a dry run)")
     p.add_argument("--work", type=Path, help="scratch folder: installed wheels, results, logs (default: a new /tmp one)")
     p.add_argument("--budget", type=float, help=f"seconds for the whole suite (default {BUDGET_S}; dry run {DRY_BUDGET_S})")
@@ -496,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe(argv[1:])))
         return 0
     args = parse(argv)
+    # Stopped from outside (SIGTERM): unwind, so that run_command ends the running step's process group.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     t_start, started = time.monotonic(), datetime.datetime.now(datetime.timezone.utc)
     budget = args.budget or (DRY_BUDGET_S if args.dry_run else BUDGET_S)
     deadline = t_start + budget
@@ -516,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="guard-gpu-suite-"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
-    out = args.out or Path(os.environ.get("OUT") or work / "out")
+    out = args.out or Path(os.environ.get("OUT") or work.parent / f"{work.name}-out")  # not inside work: see below
     print(f"guard GPU suite{' (dry run)' if args.dry_run else ''}: budget {budget:.0f} s, work {work}, out {out}")
 
     # 1. the carried wheels
@@ -537,26 +571,38 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. the environment, as the steps will see it
     needs = sorted({m for s in STEPS for m in s.needs})
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", *needs], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
-    try:
-        environment = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        environment = {"probe_error": (done.stdout + done.stderr)[-TAIL_CHARS:], "importable": {}, "cuda": False}
+    environment = run_probe(env, needs)
     date = started.strftime("%Y-%m-%d")
     tag = device_tag(environment, args.dry_run, date)
     print(f"device: {environment.get('device')}; torch {environment.get('versions', {}).get('torch')}, "
           f"triton {environment.get('versions', {}).get('triton')}; guard: {source['source']}")
 
-    # 3. the steps
-    records = run_steps(steps, dry_run=args.dry_run, env=env, work=work, tag=tag, deadline=deadline,
-                        importable=environment.get("importable", {}), cuda=bool(environment.get("cuda")))
-
-    # 4. the report
+    # 3. the steps, and 4. the report, saved after each step and once more at the end
     report = {"suite": "guard GPU suite", "dry_run": args.dry_run, "date": date, "started": started.isoformat(),
-              "budget_s": budget, "wall_s": time.monotonic() - t_start, "tag": tag, "environment": environment,
-              "install": install, "guard_source": source, "steps": records}
-    written = write_outputs(out, work, report)
+              "budget_s": budget, "wall_s": 0.0, "tag": tag, "complete": False, "environment": environment,
+              "install": install, "guard_source": source, "steps": []}
+
+    def save(records: list[dict], complete: bool = False) -> list[Path]:
+        report.update(steps=records, wall_s=time.monotonic() - t_start, complete=complete)
+        return write_outputs(out, work, report)
+
+    finished: list[dict] = []
+
+    def after_each(records: list[dict]) -> None:
+        finished[:] = records
+        save(records)
+
+    save([])  # the environment and the install, before any step can hang
+    try:
+        records = run_steps(steps, dry_run=args.dry_run, env=env, work=work, tag=tag, deadline=deadline,
+                            importable=environment.get("importable"), cuda=bool(environment.get("cuda")),
+                            after_each=after_each)
+    except BaseException:  # stopped from outside mid-step: keep what finished, then go
+        save(finished)
+        raise
+    written = save(records, complete=True)
+    if args.work is None:  # a scratch folder of our own: its results are in the tarball now
+        shutil.rmtree(work, ignore_errors=True)
     print("\n" + summary_table(records))
     print(f"\nwall {report['wall_s']:.0f} s of a {budget:.0f} s budget; wrote " + ", ".join(str(p) for p in written))
     bad = [r for r in records if r["status"].startswith(("failed", "timed out"))]

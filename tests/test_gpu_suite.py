@@ -239,11 +239,14 @@ def test_a_failing_or_hanging_step_does_not_stop_the_suite(tmp_path):
         gpu_suite.Step("late", "after the budget", gpu="-c pass", dry="", timeout_s=60),
     ]
     (tmp_path / "logs").mkdir()
-    lines = []
+    lines, saved = [], []
     t0 = time.monotonic()
     records = gpu_suite.run_steps(steps, dry_run=False, env=gpu_suite.step_env(False, [], None), work=tmp_path,
                                   tag="dev-date", deadline=t0 + 25, importable={"surely_not_a_module": False},
-                                  cuda=False, min_step_s=1, log=lines.append)
+                                  cuda=False, min_step_s=1, log=lines.append,
+                                  after_each=lambda so_far: saved.append([r["status"] for r in so_far]))
+    assert [len(s) for s in saved] == [1, 2, 3, 4, 5]  # the report is saved after every step, not only at the end
+    assert saved[1] == ["failed (exit 3)", "timed out after 3 s"]
     by_name = {r["name"]: r for r in records}
     assert by_name["fails"]["status"] == "failed (exit 3)" and "bad" in by_name["fails"]["tail"]
     assert by_name["hangs"]["status"] == "timed out after 3 s" and by_name["hangs"]["returncode"] is None
