@@ -308,7 +308,7 @@ def run_command(cmd: list[str], env: dict, timeout_s: float, log_path: Path) -> 
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, process_group=0)
+                                stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)  # single-threaded here
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
