@@ -112,7 +112,8 @@ class Domain:
             return f"{'>=' if self.low_closed else '>'} {show(self.low)}"
         if self.low == -math.inf:
             return f"{'<=' if self.high_closed else '<'} {show(self.high)}"
-        return f"in {'[' if self.low_closed else '('}{show(self.low)}, {show(self.high)}{']' if self.high_closed else ')'}"
+        left, right = "[" if self.low_closed else "(", "]" if self.high_closed else ")"
+        return f"in {left}{show(self.low)}, {show(self.high)}{right}"
 
 
 # --------------------------------------------------------------------------------------------- field types

@@ -37,7 +37,7 @@ class BiasConfig(common.EvalOptions):
     split: str | None = option(None, "dataset split (default: the benchmark's: crows_pairs test, stereoset "
                                "validation)")
     prompt: str = option("", "text placed before every sentence (the reward model scores prompt + sentence)")
-    max_length: int = option(512, "tokens per prompt+sentence sequence")
+    max_length: int = option(512, "tokens per prompt+sentence sequence", domain=">= 2")
     mcnemar_exact: bool = option(True, "McNemar's exact binomial test; --no-mcnemar-exact: chi-square with "
                                  "continuity correction")
 

@@ -31,8 +31,10 @@ class EvalOptions:
     """The options every subcommand shares; a subcommand's config subclasses it."""
 
     output_dir: str = option("", "where results.json, report.md and the plots are written")
-    seed: int = option(0, "seed of everything random: generation, the audit's folds, permutations, bootstrap")
-    batch_size: int = option(64, "sequences (pairs, prompts) per forward pass or generate call on each process")
+    seed: int = option(0, "seed of everything random: generation, the audit's folds, permutations, bootstrap",
+                       domain=">= 0")
+    batch_size: int = option(64, "sequences (pairs, prompts) per forward pass or generate call on each process",
+                             domain=">= 1")
     device: str = option("auto", "cuda, cpu, or auto (cuda when available)")
     bf16: bool = option(True, "bf16 autocast on GPU (CPU runs stay in float32)")
     trust_remote_code: bool = option(False, "allow model code from the hub (off: safe by default)")

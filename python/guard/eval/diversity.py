@@ -33,12 +33,13 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-mpnet-base-v2"
 class DiversityConfig(PromptOptions):
     embedding_model: str = option(DEFAULT_EMBEDDING_MODEL, "sentence-transformers model that embeds the responses: "
                                   "a hub name or a local model folder")
-    bootstrap: int = option(1000, "paired bootstrap resamples for the comparison with --baseline-policy")
-    confidence: float = option(0.95, "level of the bootstrap confidence interval")
+    bootstrap: int = option(1000, "paired bootstrap resamples for the comparison with --baseline-policy", domain=">= 1")
+    confidence: float = option(0.95, "level of the bootstrap confidence interval", domain="(0, 1)")
     # GUARD B.2's sampling
-    max_new_tokens: int = option(100, "longest response sampled")
-    temperature: float = option(0.9, "sampling temperature")
-    top_p: float = option(0.95, "nucleus sampling: keep the smallest set of tokens with this probability")
+    max_new_tokens: int = option(100, "longest response sampled", domain=">= 1")
+    temperature: float = option(0.9, "sampling temperature", domain="> 0")
+    top_p: float = option(0.95, "nucleus sampling: keep the smallest set of tokens with this probability",
+                          domain="(0, 1]")
 
 
 def load_embedder(model_name: str, device):

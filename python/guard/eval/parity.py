@@ -46,14 +46,15 @@ class PromptOptions(common.EvalOptions):
     split: str = option("train", "dataset split of --prompts")
     dimensions: list[str] | None = option(None, "preference data: only the prompts of these dimensions")
     categories: list[str] | None = option(None, "category names in order (default: those of --prompts)")
-    num_prompts: int | None = option(None, "evaluate a fixed-seed sample of N prompts (default: all)")
-    per_category: int | None = option(None, "evaluate a fixed-seed sample of N prompts of each category")
-    max_prompt_length: int | None = option(512, "keep at most the last N prompt tokens")
+    num_prompts: int | None = option(None, "evaluate a fixed-seed sample of N prompts (default: all)", domain=">= 1")
+    per_category: int | None = option(None, "evaluate a fixed-seed sample of N prompts of each category", domain=">= 1")
+    max_prompt_length: int | None = option(512, "keep at most the last N prompt tokens", domain=">= 1")
     chat_template: str | None = option(None, "a Jinja chat template file for conversational prompts, when the "
                                        "policy's tokenizer has none")
-    max_new_tokens: int = option(256, "longest response sampled")
-    temperature: float = option(0.7, "sampling temperature")
-    top_p: float = option(0.9, "nucleus sampling: keep the smallest set of tokens with this probability")
+    max_new_tokens: int = option(256, "longest response sampled", domain=">= 1")
+    temperature: float = option(0.7, "sampling temperature", domain="> 0")
+    top_p: float = option(0.9, "nucleus sampling: keep the smallest set of tokens with this probability",
+                          domain="(0, 1]")
 
 
 @dataclass

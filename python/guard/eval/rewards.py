@@ -50,13 +50,14 @@ class RewardsConfig(common.EvalOptions):
     schema: str = option("auto", "schema of --data (auto: detected from the columns)", choices=SCHEMAS)
     dimensions: list[str] | None = option(None, "keep only these preference dimensions of --data")
     categories: list[str] | None = option(None, "category names in order (default: those of --data)")
-    max_length: int = option(1024, "tokens per prompt+response sequence; a longer response is cut at its end")
-    max_prompt_length: int | None = option(None, "keep at most the last N prompt tokens")
+    max_length: int = option(1024, "tokens per prompt+response sequence; a longer response is cut at its end",
+                             domain=">= 2")
+    max_prompt_length: int | None = option(None, "keep at most the last N prompt tokens", domain=">= 1")
     chat_template: str | None = option(None, "a Jinja chat template file for conversational --data, when the "
                                        "reward model's tokenizer has none")
-    permutations: int = option(1000, "permutations behind each Wasserstein-1 p-value (0: no p-values)")
-    audit_folds: int = option(5, "folds of the predictability audit")
-    bins: int = option(50, "equal-width reward bins of the mutual information")
+    permutations: int = option(1000, "permutations behind each Wasserstein-1 p-value (0: no p-values)", domain=">= 0")
+    audit_folds: int = option(5, "folds of the predictability audit", domain=">= 2")
+    bins: int = option(50, "equal-width reward bins of the mutual information", domain=">= 2")
 
 
 #: The compact table: (label, key). The first labels are the trainer's (guard/train/rm.py SUMMARY_ROWS).

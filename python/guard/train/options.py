@@ -2,7 +2,7 @@
 the flags and yaml they become (guard.config), the checks every value passes before any work, and the
 `error: ...` exit of a user-facing problem.
 
-    cfg = parse_config(RMConfig, ["--data", "pairs.jsonl", "--output-dir", "runs/rm"], "python -m guard.train rm", "...")
+    cfg = parse_recipe("rm", ["--data", "pairs.jsonl", "--output-dir", "runs/rm"])   # RMConfig, values checked
     check_options(cfg, cfg.lambda_adv)      # ConfigError naming the flag, before any data or model is loaded
 
 Nothing here imports torch, so `--help` answers at once.
