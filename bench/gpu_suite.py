@@ -82,12 +82,13 @@ DRY_TIMEOUT_S = 300
 MIN_STEP_S = 20  # a step with less time than this left is not started
 PROBE_TIMEOUT_S = 90  # the environment probe (imports torch and guard, asks nvidia-smi)
 
-# Every guard implementation and every peer bench_ops knows, guard's first (add the second design when it lands).
-OPS_IMPLS = "guard,liger,trl,cce,torch,compile"
-# bench_ops has no shape flag yet: `gpu_suite.py --bench-ops-at NxHxV` runs bench_ops.main at exactly that shape
-# (N tokens = 2 x pairs x 1024). When bench_ops grows one, call bench/bench_ops.py with it here instead.
-OPS = "bench/gpu_suite.py --bench-ops-at {shape} --impls " + OPS_IMPLS + " --out {{results}}"
-OPS_DRY = OPS + " --smoke"
+# Both guard designs (with and without the head's gradient) first, then the peers, eager and torch.compile last
+# (the slowest to warm up): bench_ops starts no new row once --budget-s is spent, so a long compile cannot cost
+# the guard rows.
+OPS_IMPLS = ("guard-chunked,guard-tiled,guard-chunked-frozen,guard-tiled-frozen,liger,liger-ce,trl,cce,torch,"
+             "torch-frozen,compile")
+OPS = "bench/bench_ops.py --shapes {shape} --impls " + OPS_IMPLS + " --budget-s {budget} --out {{results}}"
+OPS_DRY = "bench/bench_ops.py --smoke --impls guard,guard-chunked,guard-tiled,torch,liger --out {results}"
 TRAIN_DRY = "--config tiny --device cpu --steps 1 --warmup 1 --threads 1"
 # The same on the CPU, where conftest skips every gpu test: the dry run records "skipped: no CUDA".
 PYTEST_GPU = ("-m pytest -m gpu -q -rfEs -p no:cacheprovider --continue-on-collection-errors "
@@ -97,13 +98,13 @@ STEPS = [
     Step("pytest-gpu", "pytest -m gpu: compiled kernels on CUDA vs float64 references, bf16, V*H > 2^31, peak memory",
          gpu=PYTEST_GPU, dry=PYTEST_GPU, timeout_s=150, needs=("guard", "pytest")),
     Step("ops-16384x4096x128256", "bench_ops: DPO loss step from hidden states, Llama-3-8B head, bf16, vs peers",
-         gpu=OPS.format(shape="16384x4096x128256"), dry=OPS_DRY.format(shape="16384x4096x128256"),
+         gpu=OPS.format(shape="16384x4096x128256", budget=75), dry=OPS_DRY,
          timeout_s=100, needs=("guard",)),
     Step("ops-4096x2048x32000", "bench_ops: the same at a small head",
-         gpu=OPS.format(shape="4096x2048x32000"), dry=OPS_DRY.format(shape="4096x2048x32000"),
+         gpu=OPS.format(shape="4096x2048x32000", budget=20), dry=OPS_DRY,
          timeout_s=45, needs=("guard",)),
     Step("ops-8192x4096x152064", "bench_ops: the same at a Qwen-sized vocabulary",
-         gpu=OPS.format(shape="8192x4096x152064"), dry=OPS_DRY.format(shape="8192x4096x152064"),
+         gpu=OPS.format(shape="8192x4096x152064", budget=45), dry=OPS_DRY,
          timeout_s=70, needs=("guard",)),
     Step("train-rm", "bench_train rm: one reward-model step, guard vs TRL RewardTrainer, 1B Llama, bf16",
          gpu="bench/bench_train.py rm --steps 5 --warmup 2 --out {results}/train-rm-{tag}.md "
@@ -489,24 +490,6 @@ def device_tag(env: dict, dry_run: bool, date: str) -> str:
 # Internal entry points and the main one
 
 
-def bench_ops_at(shapes: str, argv: list[str]) -> int:
-    """Run bench_ops.main(argv) at the given shapes (comma-separated NxHxV, N = 2 x pairs x 1024 tokens) in place
-    of its GPU grid: bench_ops has no shape flag yet. --smoke still runs its own CPU shape."""
-    import bench_ops
-
-    steps = 1024
-    grid = []
-    for text in shapes.split(","):
-        n, h, v = (int(x) for x in text.lower().split("x"))
-        if n % (2 * steps):
-            raise SystemExit(f"--bench-ops-at {text}: N={n} is not 2 x pairs x {steps} tokens")
-        grid.append((n // (2 * steps), steps, h, v))
-    if not hasattr(bench_ops, "GPU_SHAPES"):
-        raise SystemExit("bench_ops has no GPU_SHAPES any more: call bench/bench_ops.py with its shape flag in STEPS")
-    bench_ops.GPU_SHAPES[:] = grid
-    return bench_ops.main(argv)
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -522,8 +505,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--bench-ops-at"] and len(argv) >= 2:
-        return bench_ops_at(argv[1], argv[2:])
     if argv[:1] == ["--probe"]:
         print(json.dumps(probe(argv[1:])))
         return 0

@@ -80,7 +80,7 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     assert gpu["status"] == "skipped: no CUDA" and gpu["seconds"] > 0, gpu
     assert "pytest-gpu.xml" in gpu["files"] and "skipped" in gpu["detail"]
 
-    # each bench_ops step ran its smoke shape through the --bench-ops-at shim; guard and torch agree
+    # each bench_ops step ran its smoke shape; both guard designs agree with torch
     for step in gpu_suite.STEPS:
         if not step.name.startswith("ops-"):
             continue
@@ -88,7 +88,8 @@ def test_dry_run_runs_every_step_and_writes_the_report(tmp_path):
         assert r["status"] == "ok", r
         (table,) = [json.loads(text) for name, text in r["files"].items() if name.endswith(".json")]
         rows = {row["impl"]: row for row in table["rows"]}
-        assert rows["guard"]["status"] == "ok" and rows["guard"]["loss_rel_err"] < 1e-5
+        for impl in ("guard", "guard-chunked", "guard-tiled"):
+            assert rows[impl]["status"] == "ok" and rows[impl]["loss_rel_err"] < 1e-5, rows[impl]
         assert rows["liger"]["status"] == "needs CUDA"
 
     # the TRL-backed steps run where trl is installed, and say so where it is not
@@ -139,31 +140,18 @@ def test_every_step_uses_only_flags_its_script_knows(mode, capsys):
             assert args[2:4] == ["-m", "gpu"]
             assert "gpu:" in (ROOT / "pyproject.toml").read_text()  # the marker is registered (--strict-markers)
             continue
-        script = Path(args[0]).stem
-        if script == "gpu_suite":  # the shim: its shape parses, the rest goes to bench_ops
-            assert args[1] == "--bench-ops-at"
-            for n, h, v in (map(int, s.split("x")) for s in args[2].split(",")):
-                assert n % 2048 == 0 and h > 0 and v > 0
-            script, rest = "bench_ops", args[3:]
-        else:
-            rest = args[1:]
+        script, rest = Path(args[0]).stem, args[1:]
+        if script == "bench_ops":  # the implementations and shapes it is given are ones it knows
+            import bench_ops
+
+            values = dict(zip(rest, rest[1:]))
+            assert set(values["--impls"].split(",")) <= set(bench_ops.IMPLS), values["--impls"]
+            if "--shapes" in values:
+                assert bench_ops.parse_shapes(values["--shapes"], bench_ops.TOKENS_PER_SEQ)
         sub = rest[0] if rest and not rest[0].startswith("-") else None
         known = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", _help_text(script, sub, capsys)))
         for flag in (a for a in rest if a.startswith("--")):
             assert flag in known, f"{step.name} ({mode}): {script} {sub or ''} has no {flag}"
-
-
-def test_bench_ops_at_sets_the_grid_and_refuses_odd_shapes(monkeypatch):
-    import bench_ops
-
-    seen = {}
-    monkeypatch.setattr(bench_ops, "GPU_SHAPES", list(bench_ops.GPU_SHAPES))
-    monkeypatch.setattr(bench_ops, "main", lambda argv: seen.setdefault("argv", argv) and 0)
-    gpu_suite.bench_ops_at("16384x4096x128256,4096x2048x32000", ["--impls", "guard"])
-    assert bench_ops.GPU_SHAPES == [(8, 1024, 4096, 128256), (2, 1024, 2048, 32000)]
-    assert seen["argv"] == ["--impls", "guard"]
-    with pytest.raises(SystemExit, match="N=1000"):
-        gpu_suite.bench_ops_at("1000x64x512", [])
 
 
 def test_unknown_only_step_is_an_error(capsys):
