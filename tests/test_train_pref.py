@@ -158,7 +158,8 @@ def test_resume_gives_the_uninterrupted_metrics(tmp_path, synthetic):
     # shorter first run takes the same steps.
     stopped = tmp_path / "stopped"
     assert train_main([*args, "--max-steps", "6", "--output-dir", str(stopped)]) == 0
-    assert train_main([*args, "--max-steps", "8", "--output-dir", str(stopped), "--resume"]) == 0
+    assert train_main([*args, "--max-steps", "8", "--output-dir", str(stopped), "--resume",
+                       "--resume-changes", "max_steps"]) == 0  # a longer run: a change --resume must be told of
     drop = ("tokens_per_s",)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
     assert strip(metrics(stopped)) == strip(metrics(full))

@@ -24,6 +24,7 @@ from guard import data as gdata
 from guard.config import ConfigError
 from guard.train.inputs import PairData
 from guard.train.options import TrainOptions
+from guard.train.rundir import NonFiniteLoss
 
 
 def seed_everything(seed: int) -> None:
@@ -161,3 +162,41 @@ def score_pairs(score: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, t
         chosen.append(distributed.gather_rows(r_c, dist)[:n].double().cpu())
         rejected.append(distributed.gather_rows(r_r, dist)[:n].double().cpu())
     return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
+
+
+class FiniteWatch:
+    """Watches the loss for its first non-finite value without a host sync per step: `watch` adds one device-side
+    comparison; `check` (at log and checkpoint steps and at the end, where the loop syncs anyway) reads the first
+    bad step, agreed over the ranks, and stops the run with an error naming it."""
+
+    def __init__(self, device: torch.device, dist=None):
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.dist = dist
+
+    def watch(self, step: int, loss: torch.Tensor) -> None:
+        """Note `step` (1-based) if its loss is NaN or infinite and no earlier step's was."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+
+    def check(self, lr: float | None = None) -> None:
+        first = self.first_bad
+        if self.dist is not None and self.dist.enabled:
+            import torch.distributed as tdist
+
+            first = torch.where(first < 0, torch.iinfo(torch.int64).max, first)
+            tdist.all_reduce(first, op=tdist.ReduceOp.MIN)
+            first = torch.where(first == torch.iinfo(torch.int64).max, -1, first)
+        step = int(first)
+        if step >= 0:
+            hint = f" (--lr {lr:g})" if lr is not None else ""
+            raise NonFiniteLoss(f"step {step}: the loss is not finite (NaN or infinite); the run stopped before "
+                                f"writing that step's metrics or a checkpoint. Try a lower learning rate{hint}, "
+                                "--max-grad-norm, or look for extreme values in the data")
+
+
+def require_finite(step: int, values: dict) -> None:
+    """Stop the run at `step` when one of `values` (numbers the loop already holds on the host) is NaN or infinite."""
+    bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise NonFiniteLoss(f"step {step}: " + ", ".join(f"{k} = {values[k]}" for k in bad) + " is not finite; the "
+                            "run stopped before writing that step's metrics or a checkpoint. Try a lower learning rate")

@@ -139,7 +139,11 @@ class TrainOptions:
     log_every: int = option(10, "write metrics every N steps", domain=">= 1")
     save_every: int = option(200, "checkpoint every N steps (0: only at the end)", domain=">= 0")
     keep_checkpoints: int = option(2, "checkpoints kept on disk", domain=">= 1")
-    resume: bool = option(False, "continue from the last checkpoint in --output-dir")
+    resume: bool = option(False, "continue from the last checkpoint in --output-dir (with the same data, split, "
+                          "model and objective)")
+    resume_changes: list[str] | None = option(None, "with --resume: options allowed to differ from the run's "
+                                              "config.yaml, e.g. lr,max_steps (never the data, split, model, seed or "
+                                              "batch size)")
     overwrite: bool = option(False, "replace a finished or stopped run in --output-dir")
     device: str = option("auto", "cuda, cpu, or auto (cuda when available)")
     threads: int | None = option(None, "torch CPU threads (none: torch's choice)", domain=">= 1",

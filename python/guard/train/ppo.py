@@ -468,6 +468,7 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
         bar.update(1)
 
         done = step + 1
+        loop.require_finite(done, {**metrics, **losses})
         if rundir.log_now(done, cfg, schedule.total_steps):
             generated, sequence_tokens = distributed.all_reduce_sum(
                 [float(rollout.response_lengths.sum()), float(rollout.attention_mask.sum())], dist)

@@ -241,6 +241,7 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
         ref = precompute_reference(cfg, model, data, hf_tok, dist, autocast, run_dir)
     opt = loop.Optimization(cfg, model, len(names), device)
     start_step, log = rundir.resume_state(cfg, run_dir, model, opt, dist)
+    finite = loop.FiniteWatch(device, dist)
 
     categories = torch.from_numpy(train.categories).to(device)
     lengths = train.encoded.lengths.sum(1)
@@ -273,7 +274,9 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
         bar.update(1)
 
         done = step + 1
+        finite.watch(done, loss)
         if rundir.log_now(done, cfg, schedule.total_steps):
+            finite.check(lr)
             elapsed = time.perf_counter() - clock
             lr_c, lr_r = r_c.detach() / cfg.beta, r_r.detach() / cfg.beta
             row = {"step": done, "epoch": schedule.epoch(done),
@@ -288,8 +291,10 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracy']:.3f}")
             tokens, clock = 0, time.perf_counter()
         if rundir.checkpoint_now(done, cfg, schedule.total_steps):
+            finite.check(lr)
             rundir.save_step(run_dir, done, model, opt, cfg, dist)
     bar.close()
+    finite.check()
 
     # Held-out implicit rewards β·(log π − log π_ref), the final model and the report
     policy = all_logps(model, data.eval, cfg, hf_tok.pad_token_id, dist, autocast)
@@ -407,6 +412,7 @@ def run_spo(cfg: PrefConfig, hf_tok, tok: gdata.Tokenizer, eos: int | None, dist
         init = cfg.model if n == 1 else str(out / round_name(n - 1, dims[n - 2]) / "model")
         round_cfg = replace(cfg, dimensions=[dim], overwrite=cfg.overwrite or not cfg.resume)
         if cfg.resume and (run_dir / "summary.json").exists():
+            rundir.check_resumable(run_dir, round_cfg, round_cfg)
             summaries.append(jsonfiles.read_json(run_dir / "summary.json"))
         else:
             summaries.append(train_one(round_cfg, run_dir, datas[n - 1], hf_tok, dist, init_model=init, ref=ref,

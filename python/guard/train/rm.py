@@ -72,6 +72,7 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
     """Train one reward model with fairness weight `lambda_adv` into `run_dir`; returns its held-out summary."""
     summary_path = run_dir / "summary.json"
     if cfg.resume and summary_path.exists():  # finished before the interruption (a sweep's earlier λ)
+        rundir.check_resumable(run_dir, cfg, replace(cfg, lambda_adv=[lambda_adv]))
         return jsonfiles.read_json(summary_path)
     run_dir = rundir.start_run(run_dir, cfg, replace(cfg, lambda_adv=[lambda_adv]), dist)
     train, names = data.train, data.train.category_names
@@ -90,6 +91,7 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
     model.train()
     opt = loop.Optimization(cfg, model, len(names), device)
     start_step, log = rundir.resume_state(cfg, run_dir, model, opt, dist)
+    finite = loop.FiniteWatch(device, dist)
 
     categories = torch.from_numpy(train.categories).to(device)
     margins = None if train.margins is None else torch.from_numpy(train.margins).to(device)
@@ -114,7 +116,9 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
         bar.update(1)
 
         done = step + 1
+        finite.watch(done, loss)
         if rundir.log_now(done, cfg, schedule.total_steps):
+            finite.check(lr)
             elapsed = time.perf_counter() - clock
             row = {"step": done, "epoch": schedule.epoch(done), "loss": loss.item(),
                    "bt_loss": out.loss.item(), "adv_loss": None if adv_loss is None else adv_loss.item(),
@@ -123,8 +127,10 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}")
             tokens, clock = 0, time.perf_counter()
         if rundir.checkpoint_now(done, cfg, schedule.total_steps):
+            finite.check(lr)
             rundir.save_step(run_dir, done, model, opt, cfg, dist)
     bar.close()
+    finite.check()
 
     # Held-out evaluation, the final model and the report
     chosen, rejected = score_pairs(model, data.eval, cfg.eval_batch_size, hf_tok.pad_token_id, dist, autocast)

@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from guard.config import ConfigError
 from guard.jsonfiles import write_json
 from guard.train.inputs import model_tokenizer
 from guard.train.options import TrainOptions, check_batch_split, check_options
+from guard.train.rundir import RunLock
 
 
 @contextlib.contextmanager
 def recipe_session(cfg: TrainOptions, lambdas: Sequence[float] | None = None):
     """What every recipe's run does around its work: check the options, use --threads CPU threads, join the
-    torchrun process group (or not), load the tokenizer; yields (dist, hf tokenizer, guard tokenizer, EOS id to
+    torchrun process group (or not), lock the output directory (RunLock), load the tokenizer; yields (dist, hf tokenizer, guard tokenizer, EOS id to
     append or None), and at the end leaves the process group and restores the thread count."""
     from guard import distributed
 
@@ -32,14 +34,31 @@ def recipe_session(cfg: TrainOptions, lambdas: Sequence[float] | None = None):
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     dist = distributed.init_distributed(cfg.device)
+    lock = RunLock(cfg.output_dir, enabled=dist.is_main)
     finished = False
     try:
+        take_lock(lock, dist)
         check_batch_split(cfg, dist)
         yield (dist, *model_tokenizer(cfg.model, cfg.tokenizer))
         finished = True
     finally:
+        lock.__exit__(None, None, None)
         distributed.shutdown(dist, wait=finished)
         torch.set_num_threads(threads)
+
+
+def take_lock(lock: RunLock, dist) -> None:
+    """Take the output directory's lock on the main process; every process stops with its error if it is held."""
+    from guard import distributed
+
+    try:
+        lock.__enter__()
+        error = None
+    except ConfigError as err:
+        error = str(err)
+    errors = [e for e in distributed.gather_objects(error, dist) if e]
+    if errors:
+        raise ConfigError(errors[0])
 
 
 def finish_run(run_dir: Path, model: torch.nn.Module, hf_tok, dist, *, save_adapter: bool, eval_names: list[str],
