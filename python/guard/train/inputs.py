@@ -172,6 +172,20 @@ def categories_of(items, cmap: CategoryMap, what: str) -> np.ndarray:
     return cmap.ids(labels)
 
 
+def loader_drops(items, stage: str) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """(counts, first rows named) of what the loader of a PreferenceSet or PromptSet dropped, each reason
+    prefixed with `stage`; a set built by hand may count its drops without their rows."""
+    counts: dict[str, int] = {}
+    shown: dict[str, list[str]] = {}
+    for reason, n in items.dropped.items():
+        rows = items.dropped_rows.get(reason)
+        if rows is not None:
+            note_set_aside(counts, shown, f"{stage}: {reason}", rows, items.where)
+        elif n:
+            counts[f"{stage}: {reason}"] = n
+    return counts, shown
+
+
 def tokenize_pairs(pairs: PreferenceSet, tok: gdata.Tokenizer, cmap: CategoryMap, *, max_length: int,
                    max_prompt_length: int | None, eos_token_id: int | None, margins: np.ndarray | None = None,
                    what: str = "data") -> PairData:
@@ -180,14 +194,7 @@ def tokenize_pairs(pairs: PreferenceSet, tok: gdata.Tokenizer, cmap: CategoryMap
     reason. Each sequence is prompt + response (+ EOS), as guard.data.encode_pairs builds it. Pairs cut to
     --max-length are counted (`truncated`), and a pair whose two sequences the cut leaves the same tokens is
     set aside (its preference can no longer be seen)."""
-    counts: dict[str, int] = {}
-    shown: dict[str, list[str]] = {}
-    for reason, n in pairs.dropped.items():
-        rows = pairs.dropped_rows.get(reason)
-        if rows is not None:
-            note_set_aside(counts, shown, f"dropped by the {pairs.schema} adapter: {reason}", rows, pairs.where)
-        elif n:  # a set built by hand may count its drops without naming them
-            counts[f"dropped by the {pairs.schema} adapter: {reason}"] = n
+    counts, shown = loader_drops(pairs, f"dropped by the {pairs.schema} adapter")
     category_ids = categories_of(pairs, cmap, what)
     source_rows = np.asarray(pairs.source_rows, dtype=np.int64)
 
@@ -250,14 +257,7 @@ class PromptData:
 def tokenize_prompts(prompts, tok: gdata.Tokenizer, cmap, max_prompt_length: int | None, what: str) -> PromptData:
     """Category ids (an unknown category is an error naming its row) and token ids (the last
     max_prompt_length kept); prompts that cannot be tokenized are set aside by reason."""
-    set_aside: dict[str, int] = {}
-    shown: dict[str, list[str]] = {}
-    for reason, n in prompts.dropped.items():
-        rows = prompts.dropped_rows.get(reason)
-        if rows is not None:
-            note_set_aside(set_aside, shown, f"dropped by the {prompts.schema} loader: {reason}", rows, prompts.where)
-        elif n:
-            set_aside[f"dropped by the {prompts.schema} loader: {reason}"] = n
+    set_aside, shown = loader_drops(prompts, f"dropped by the {prompts.schema} loader")
     category_ids = categories_of(prompts, cmap, what)
     encoded = gdata.encode_texts(tok, prompts.prompts, add_special_tokens=True, errors="skip")
     source_rows = np.asarray(prompts.source_rows, dtype=np.int64)
