@@ -207,7 +207,7 @@ def test_token_schedule_is_a_function_of_seed_and_epoch_and_resumes_exactly():
 def test_token_budget_errors_name_the_longest_pair_and_the_shortfall():
     train = Pairs(np.array([100, 700, 300]))
     with pytest.raises(ConfigError, match=r"--tokens-per-step 1000 gives each of the 2 processes 500 tokens, fewer "
-                                          r"than the longest training pair's 700 .* at least 1400"):
+                                          r"than the 700 tokens of the longest training pair .* at least 1400"):
         batches.plan_steps(token_cfg(1000), train, SimpleNamespace(world_size=2))
     with pytest.raises(ConfigError, match=r"the 3 training pairs \(1100 tokens\) do not fill one step's 4 bins"):
         batches.plan_steps(token_cfg(4000), train, SimpleNamespace(world_size=4))

@@ -151,9 +151,9 @@ def plan_steps(cfg, train: PairData, dist) -> loop.Schedule:
     costs = train.encoded.lengths.sum(axis=1)
     longest = int(costs.max())
     if longest > budget:
-        share = f" gives each of the {world} processes {budget}" if world > 1 else " is"
-        raise ConfigError(f"--tokens-per-step {cfg.tokens_per_step}{share} tokens, fewer than the longest training "
-                          f"pair's {longest} (chosen + rejected); raise it to at least {longest * world} or lower "
+        share = f"gives each of the {world} processes {budget} tokens, fewer" if world > 1 else "is fewer"
+        raise ConfigError(f"--tokens-per-step {cfg.tokens_per_step} {share} than the {longest} tokens of the longest "
+                          f"training pair (chosen + rejected); raise it to at least {longest * world} or lower "
                           f"--max-length")
     steps_per_epoch = len(gdata.pack(costs, budget, pairs=False)) // world  # the same count in every epoch
     if steps_per_epoch == 0:
