@@ -145,8 +145,8 @@ class TrainOptions:
     threads: int | None = option(None, "torch CPU threads (none: torch's choice)", domain=">= 1",
                                  default_note="1 with --model tiny")
     packing: bool | None = option(None, "lay a batch's sequences end to end in one row, attention kept inside each "
-                                  "sequence, so no padding is computed; none: on when the model's attention allows "
-                                  "it (the run says why when not); --no-packing: padded rows")
+                                  "sequence, so no padding is computed (--no-packing: padded rows); default: on "
+                                  "where the model's attention allows it, else off with the reason printed")
     chat_template: str | None = option(None, "a Jinja chat template file for conversational data, when the "
                                        "tokenizer has none (plain-text prompts are used as they are)")
 

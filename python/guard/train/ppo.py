@@ -15,8 +15,9 @@ One update (`step`), read top to bottom in `train`: take --batch-size prompts ->
 response to each (temperature, top-p, --max-new-tokens), cut at the stop token (guard.rollout) -> (2)
 experience, without gradients: the policy's log-probs and entropy of the sampled tokens and the reference's
 log-probs (the adapter disabled), all through guard.ops.token_logprobs on the backbone's hidden states (no
-[tokens x vocab] logits), the value head's values, the reward model's score (minus --missing-eos-penalty for a
-response that never stopped) plus the curiosity bonus η·novelty of the mean-pooled response hidden states
+[tokens x vocab] logits; the rollouts packed in one row when the model allows it, --packing), the value
+head's values, the reward model's score (minus --missing-eos-penalty for a response that never stopped) plus
+the curiosity bonus η·novelty of the mean-pooled response hidden states
 (guard.curiosity, whose predictor then takes one step) -> per-token rewards −β·KL with the sequence reward
 on the last token, GAE, whitened advantages (guard.rl) -> (3) --ppo-epochs passes over the rollouts in
 minibatches: clipped policy loss + vf_coef · clipped value loss, one optimizer step per minibatch -> (4)

@@ -12,8 +12,10 @@ LM, with GUARD's fairness adversary on the implicit rewards.
 
 A run reads top to bottom in `train_one`: data (guard.train.common, as the reward-model recipe) -> policy
 (LoRA by default; the reference is the same model with the adapter disabled, a frozen copy without LoRA, or
-log-probs computed once and cached on disk) -> the loop: the backbone's final hidden states of the batch's
-chosen and rejected sequences (never the *ForCausalLM forward, which builds [tokens x vocab] logits), the
+log-probs computed once and cached on disk) -> the loop: the step's pairs (--batch-size, or best fit into
+--tokens-per-step), packed in one row when the model allows it (--packing, guard/train/batches.py), the
+backbone's final hidden states of the batch's chosen and rejected sequences (never the *ForCausalLM forward,
+which builds [tokens x vocab] logits), the
 fused loss with implicit rewards and their per-category moments (guard.ops.fused_preference_loss on the
 LM head's weight), (2) an adversary step on the detached features, (3) the policy step on L − λ·penalty ->
 held-out implicit rewards (rewards.jsonl and the GUARD audit) -> report.md -> the model.

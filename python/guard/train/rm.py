@@ -7,7 +7,9 @@
     python -m guard.train rm --help                          # every option
 
 A run reads top to bottom in `train_one`: data (load, categories, dedup, tokenize, hold out 10%) -> model
-(LoRA, FSDP2) -> the loop: score the batch's chosen and rejected sequences, gather the rewards from every
+(LoRA, FSDP2) -> the loop: the step's pairs (--batch-size, or best fit into --tokens-per-step), packed in one
+row when the model allows it (--packing, guard/train/batches.py), score the batch's chosen and rejected
+sequences (a packed row: the score head on each sequence's last token), gather the rewards from every
 rank, the fused BT loss with per-category moments (guard.ops.bt_loss), (2) an adversary step on the
 detached features, (3) the model step on L_BT − λ·penalty (guard/fairness.py) -> held-out evaluation
 (rewards.jsonl and the GUARD audit) -> report.md with plots -> the final model in Hugging Face format.
