@@ -18,7 +18,9 @@ fills bins of that size with whole pairs (a pair's chosen and rejected stay toge
 them, bin r for rank r. So the batches depend only on (data, seed, epoch, budget, W), a resumed run takes the
 same ones, and each rank's share is full to its own budget (they differ by a few tokens, not by a factor).
 Every epoch has the same number of bins (best fit sees the same costs in the same order whatever the
-permutation), W of them per step; the last bins that do not make a whole step wait for the next epoch.
+permutation), W of them per step; the fewer than W bins that do not make a whole step are left out of that
+epoch (other ones in another epoch: the shuffle differs), as --batch-size leaves out the pairs past its last
+whole batch.
 """
 
 from __future__ import annotations
