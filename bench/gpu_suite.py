@@ -118,6 +118,13 @@ STEPS = [
          dry=f"bench/bench_train.py dpo {TRAIN_DRY} --out {{results}}/train-dpo-{{tag}}.md "
              "--json {results}/train-dpo-{tag}.json",
          timeout_s=90, needs=("guard", "trl", "datasets", "peft")),
+    Step("train-packing", "bench_train packing: rm and DPO steps on padded vs packed HH-RLHF-like batches, 1B Llama, "
+         "bf16, and tokens of compute per real token",
+         gpu="bench/bench_train.py packing --steps 5 --warmup 2 --out {results}/train-packing-{tag}.md "
+             "--json {results}/train-packing-{tag}.json",
+         dry=f"bench/bench_train.py packing {TRAIN_DRY} --pairs 2 --max-length 64 --dataset-pairs 200 "
+             "--tokens-per-step 512 --out {results}/train-packing-{tag}.md --json {results}/train-packing-{tag}.json",
+         timeout_s=80, needs=("guard", "peft")),
     # bench_ppo's table header names the trl version (bench_train.versions), so it needs trl too.
     Step("ppo", "bench_ppo: one PPO update of the recipe by phase (generation, experience, training), 1B Llama",
          gpu="bench/bench_ppo.py --steps 1 --warmup 1 --out {results}/ppo-{tag}.md",

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,3 +150,41 @@ def test_check_dpo_fails_loudly():
     shifted = {**guard_batch, "labels": torch.tensor([[5, 6, 7], [-100, 8, -100]])}  # the prompt token scored
     with pytest.raises(bench_train.CheckFailed, match="which tokens are scored"):
         bench_train.check_dpo(results(guard_batch=shifted), bf16=False, beta=0.1)
+
+
+def test_packing_smoke_packed_matches_padded_and_measures_the_compute(tmp_path):
+    out, js = tmp_path / "packing.md", tmp_path / "packing.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_train.py"), "packing", "--config", "tiny", "--device", "cpu",
+         "--steps", "1", "--warmup", "1", "--threads", "1", "--pairs", "3", "--max-length", "200",
+         "--dataset-pairs", "300", "--tokens-per-step", "2048", "--out", str(out), "--json", str(js)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(js.read_text())
+    assert [c.split(":")[0] for c in report["checks"]] == [
+        f"{recipe} step-{k}" for recipe, what in (("rm", "rewards"), ("dpo", "log-ratios"))
+        for k in (f"1 {what}", "1 loss", "2 loss (after one AdamW step)")]
+    steps = [r for r in report["rows"] if r["case"] != "compute"]
+    assert [(r["case"], r["impl"]) for r in steps] == [("rm", "padded"), ("rm", "packed"), ("dpo", "padded"),
+                                                       ("dpo", "packed")]
+    for r in steps:
+        assert math.isfinite(r["tokens_per_s"]) and r["tokens_per_s"] > 0 and r["ratio_vs_padded"] > 0
+    compute = [r for r in report["rows"] if r["case"] == "compute"]
+    assert [r["layout"] for r in compute] == ["padded", "packed", "padded", "padded", "packed"]
+    padded_random, packed_random = compute[0], compute[1]
+    assert padded_random["slots_per_token"] > 1.2 and packed_random["slots_per_token"] == 1.0  # lengths vary
+    assert padded_random["attention_per_sequence"] > padded_random["slots_per_token"]  # attention pays squared
+    text = out.read_text()
+    assert "| rm | packed |" in text and "| best fit into 2048 tokens (--tokens-per-step) | packed |" in text
+
+
+def test_hh_like_lengths_stay_in_their_ranges_and_budget():
+    lengths = bench_train.hh_like_lengths(2000, max_length=512, seed=3)
+    assert lengths.shape == (2000, 3)
+    prompt, responses = lengths[:, 0], lengths[:, 1:]
+    assert prompt.min() >= 20 and prompt.max() <= 511 and responses.min() >= 1
+    assert ((prompt[:, None] + responses) <= 512).all()
+    assert np.median(prompt) < np.mean(prompt)  # log-uniform: many short, a long tail
+    assert np.array_equal(bench_train.hh_like_lengths(2000, 512, seed=3), lengths)

@@ -102,12 +102,13 @@ def test_resolve_model(tmp_path, monkeypatch):
 def test_attention_implementation(monkeypatch):
     import transformers.utils
 
-    assert attention_implementation("cpu") == "sdpa"
+    # guard_sdpa: transformers' SDPA that keeps packed sequences apart (guard.attention)
+    assert attention_implementation("cpu") == "guard_sdpa"
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
-    assert attention_implementation("cpu") == "sdpa"
+    assert attention_implementation("cpu") == "guard_sdpa"
     assert attention_implementation(torch.device("cuda", 0)) == "flash_attention_2"
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
-    assert attention_implementation("cuda") == "sdpa"
+    assert attention_implementation("cuda") == "guard_sdpa"
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
@@ -188,7 +189,7 @@ def test_tiny_reward_model(tokenizers_):
     cfg = model.config
     assert cfg.num_labels == 1 and cfg.pad_token_id == hf.pad_token_id and cfg.vocab_size == tok.vocab_size
     assert all(getattr(cfg, k) == v for k, v in preset.items() if k != "vocab_size")
-    assert cfg._attn_implementation == "sdpa"
+    assert cfg._attn_implementation == "guard_sdpa"
     assert scores(model, batch(hf)).shape == (len(TEXTS), 1)
     assert next(model.parameters()).dtype == torch.float32
     assert next(tiny_rm(tokenizers_, dtype=torch.bfloat16).parameters()).dtype == torch.bfloat16

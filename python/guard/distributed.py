@@ -54,7 +54,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -200,6 +200,22 @@ def shard_model(model: nn.Module, dist: Dist, *, param_dtype: torch.dtype | None
 
         register_fsdp_forward_method(model, "generate")
     return model
+
+
+def forward_method(model: nn.Module, name: str, make: Callable[[], Callable]) -> Callable:
+    """`model.<name>`, the function `make()` builds, registered as an FSDP2 forward method so that calling it
+    all-gathers the root unit's parameters (embeddings, norm, heads) and reduces their gradients, as the
+    model's own forward would (a no-op unsharded). Made once per model object: a deep copy made later (whose
+    copied attribute would still call the original's closure) gets its own, since the owner id recorded
+    beside it is not the copy's."""
+    owner = f"{name}_owner"
+    if getattr(model, owner, None) != id(model):
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        setattr(model, name, make())
+        register_fsdp_forward_method(model, name)
+        setattr(model, owner, id(model))
+    return getattr(model, name)
 
 
 class _GatherRows(torch.autograd.Function):

@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from guard import assets
+from guard import assets, attention
 from guard.config import ConfigError
 from guard.data import Tokenizer
 
 __all__ = [
-    "ASSETS", "PRESETS", "TINY_TOKENIZER", "LoraSettings", "attention_implementation", "resolve_model",
-    "load_tokenizer", "load_reward_model", "load_causal_lm", "save_pretrained",
+    "ASSETS", "PRESETS", "TINY_TOKENIZER", "LoraSettings", "attention_implementation", "packing_unsupported",
+    "resolve_model", "load_tokenizer", "load_reward_model", "load_causal_lm", "save_pretrained",
 ]
 
 #: The bundled assets (guard.assets): sample data, a tokenizer.json and the tiny model preset.
@@ -62,12 +62,33 @@ class LoraSettings:
 
 
 def attention_implementation(device: str | torch.device) -> str:
-    """``"flash_attention_2"`` on a CUDA device when flash-attn is installed and usable, else ``"sdpa"``."""
+    """``"flash_attention_2"`` on a CUDA device when flash-attn is installed and usable, else ``"guard_sdpa"``:
+    transformers' SDPA for padded batches that runs a packed row sequence by sequence (guard.attention says why
+    this rather than transformers' block-diagonal mask). Both keep packed sequences apart."""
+    attention.register()
     if torch.device(device).type != "cuda":
-        return "sdpa"
+        return attention.NAME
     from transformers.utils import is_flash_attn_2_available
 
-    return "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
+    return "flash_attention_2" if is_flash_attn_2_available() else attention.NAME
+
+
+def packing_unsupported(model: nn.Module, *, head: str | None = None) -> str | None:
+    """Why `model` cannot train on packed rows (guard.attention.packed_inputs), or None when it can: its
+    attention must go through transformers' attention interface with an implementation that keeps the
+    sequences of a packed row apart, and with `head` ("score": a reward model), the head the recipe calls on
+    each sequence's last hidden state must be there."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    implementation = getattr(base.config, "_attn_implementation", None)
+    if not getattr(base, "_supports_attention_backend", False):
+        return (f"{type(base).__name__} does not run its attention through transformers' attention interface, "
+                "so nothing keeps the sequences of a packed row apart")
+    if implementation not in attention.PACKED_IMPLEMENTATIONS:
+        return (f"its attention implementation {implementation!r} attends across a packed row's sequences (packing "
+                f"needs one of {', '.join(attention.PACKED_IMPLEMENTATIONS)})")
+    if head is not None and not isinstance(getattr(base, head, None), nn.Module):
+        return f"{type(base).__name__} has no `{head}` head to score each sequence's last token with"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ name resolution

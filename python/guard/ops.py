@@ -42,6 +42,7 @@ __all__ = [
     "backend",
     "bt_loss",
     "fused_preference_loss",
+    "segment_sums",
     "sequence_logprobs",
     "set_backend",
     "LOGPROB_IMPLS",
@@ -367,23 +368,74 @@ def sequence_logprobs(
     temperature: float = 1.0,
     ignore_index: int = -100,
     average: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
     check: bool = False,
     impl: str | None = None,
 ) -> torch.Tensor:
     """Sequence log-probabilities [S]: the sum (or with ``average`` the mean) over the non-ignored tokens
-    of :func:`token_logprobs`, for hidden [S, T, H] and labels [S, T]. A sequence whose labels are all
-    ignore_index has no token to score: it gives 0 (the log-probability of an empty continuation), with
-    or without ``average``, and no gradient. ``check`` and ``impl`` as in :func:`token_logprobs`; an
-    error names the (sequence, position) of a bad label."""
-    if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
-        raise ValueError(f"hidden must be [S, T, H] and labels [S, T], got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+    of :func:`token_logprobs`, for hidden [S, T, H] and labels [S, T] (padded rows), or for packed rows:
+    hidden [N, H] and labels [N] holding S sequences back to back, sequence s being rows
+    ``cu_seqlens[s]:cu_seqlens[s + 1]`` (``cu_seqlens`` [S + 1] integers from 0 to N, as varlen attention
+    takes them). Either way labels[..., t] is the token hidden[..., t] predicts (the caller shifts; in a
+    packed row, shift the labels left by one and put ignore_index last, so the row's last position and
+    every sequence's first token are ignored). A sequence whose labels are all ignore_index has no token
+    to score: it gives 0 (the log-probability of an empty continuation), with or without ``average``, and
+    no gradient. ``check`` and ``impl`` as in :func:`token_logprobs` (``check`` also checks cu_seqlens);
+    an error names the (sequence, position) of a bad label, or the packed row's position."""
+    _check_layout(hidden, labels, cu_seqlens, "S")
     _check_head(hidden, weight, bias, labels, temperature)
     if check:
-        losses.raise_problems(_head_problems(hidden, weight, bias, labels, ignore_index))
-    return _sequence_logprobs(hidden, weight, labels, bias, temperature, ignore_index, average, impl)
+        losses.raise_problems(_head_problems(hidden, weight, bias, labels, ignore_index)
+                              + _cu_seqlens_problems(cu_seqlens, hidden.shape[0]))
+    return _sequence_logprobs(hidden, weight, labels, bias, temperature, ignore_index, average, impl, cu_seqlens)
 
 
-def _sequence_logprobs(hidden, weight, labels, bias, temperature, ignore_index, average, impl):
+def _check_layout(hidden: torch.Tensor, labels: torch.Tensor, cu_seqlens: torch.Tensor | None, rows: str) -> None:
+    """The shapes of padded rows (hidden [rows, T, H], labels [rows, T]) or of a packed row (hidden [N, H],
+    labels [N], cu_seqlens [rows + 1] integers)."""
+    if cu_seqlens is None:
+        if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
+            raise ValueError(f"hidden must be [{rows}, T, H] and labels [{rows}, T] (or a packed row with cu_seqlens), "
+                             f"got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+        return
+    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
+        raise ValueError(f"with cu_seqlens, hidden must be a packed row [N, H] and labels [N], got "
+                         f"{tuple(hidden.shape)} and {tuple(labels.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be [{rows} + 1] with at least 2 entries, got {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype == torch.bool:
+        raise ValueError(f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
+
+
+def _cu_seqlens_problems(cu_seqlens: torch.Tensor | None, n: int) -> list[losses.Problem]:
+    """check=True of a packed row's boundaries: 0 first, N last, never decreasing."""
+    if cu_seqlens is None:
+        return []
+    ends = torch.zeros_like(cu_seqlens, dtype=torch.bool)
+    ends[0], ends[-1] = cu_seqlens[0] != 0, cu_seqlens[-1] != n
+    decreasing = torch.cat([cu_seqlens.new_zeros(1, dtype=torch.bool), cu_seqlens.diff() < 0])
+    return [(ends, lambda i: f"cu_seqlens[{i}] = {int(cu_seqlens[i])}: a packed row's boundaries run from 0 to "
+                             f"its {n} rows"),
+            (decreasing, lambda i: f"cu_seqlens[{i}] = {int(cu_seqlens[i])} is below cu_seqlens[{i - 1}] = "
+                                   f"{int(cu_seqlens[i - 1])}: boundaries never decrease")]
+
+
+def segment_sums(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """[S] sums of values[cu_seqlens[s]:cu_seqlens[s + 1]] for a packed row's values [N] (differentiable).
+    The difference of a float64 running sum: no atomics (the same bits every run, on every device), no host
+    sync, and a sum of N values of |x| <= M off by at most ~N·M·1e-16, far below float32's rounding."""
+    running = torch.cat([values.new_zeros(1, dtype=torch.float64), values.double().cumsum(0)])
+    cu = cu_seqlens.long()
+    return (running[cu[1:]] - running[cu[:-1]]).to(values.dtype)
+
+
+def _sequence_logprobs(hidden, weight, labels, bias, temperature, ignore_index, average, impl, cu_seqlens=None):
+    if cu_seqlens is not None:
+        logp = _token_logprobs(hidden, weight, labels, bias, 1.0 / temperature, ignore_index, False, impl)
+        total = segment_sums(logp, cu_seqlens)
+        if average:
+            total = total / segment_sums((labels != ignore_index).to(total.dtype), cu_seqlens).clamp(min=1)
+        return total
     seqs, steps, size = hidden.shape
     logp = _token_logprobs(
         hidden.reshape(seqs * steps, size), weight, labels.reshape(-1), bias, 1.0 / temperature, ignore_index, False, impl
@@ -441,12 +493,15 @@ def _pair_moments(rewards_chosen, rewards_rejected, categories, num_categories):
     return losses.category_moments(torch.stack([rewards_chosen, rewards_rejected], dim=1), categories, num_categories, check=False)
 
 
-def _empty_response_problem(labels: torch.Tensor, ignore_index: int, batch: int) -> losses.Problem:
-    empty = (labels != ignore_index).sum(dim=1) == 0
+def _empty_response_problem(labels: torch.Tensor, ignore_index: int, batch: int,
+                            cu_seqlens: torch.Tensor | None = None) -> losses.Problem:
+    scored = (labels != ignore_index).long()
+    empty = (scored.sum(dim=1) if cu_seqlens is None else segment_sums(scored, cu_seqlens)) == 0
 
     def message(row) -> str:
         side = "chosen" if row < batch else "rejected"
-        return (f"labels[{row}] marks no response token (every label is ignore_index, {ignore_index}): the {side} "
+        where = f"labels[{row}]" if cu_seqlens is None else f"sequence {row} of the packed row"
+        return (f"{where} marks no response token (every label is ignore_index, {ignore_index}): the {side} "
                 f"sequence of pair {row % batch} is empty, so the pair has no log-ratio")
 
     return empty, message
@@ -468,6 +523,7 @@ def fused_preference_loss(
     ignore_index: int = -100,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
+    cu_seqlens: torch.Tensor | None = None,
     check: bool = False,
     impl: str | None = None,
 ) -> PreferenceOutput:
@@ -481,6 +537,9 @@ def fused_preference_loss(
       log-probs, a constant) or None for reference-free; categories [B] ints in [0, C) with
       num_categories = C, or None; previous_logratios [R, 2B] (SPO's cached log-ratios, oldest round
       first) with alphas (a float or R floats).
+      Packed instead of padded: hidden [N, H] and labels [N] hold the 2B sequences back to back (chosen
+      first, as the rows above), sequence s being rows cu_seqlens[s]:cu_seqlens[s + 1] (cu_seqlens [2B + 1]),
+      labels shifted as :func:`sequence_logprobs` says; only the response tokens are read either way.
 
     With lr = logps − ref_logps, lr_c = lr[:B], lr_r = lr[B:], Δ = lr_c − lr_r, ε = label_smoothing:
       sigmoid   (DPO)        -(1-ε)·logσ(βΔ) - ε·logσ(-βΔ)
@@ -512,11 +571,14 @@ def fused_preference_loss(
     the GEMMs per vocabulary chunk).
     """
     losses.check_preference_params(loss_type, beta, label_smoothing, PREFERENCE_LOSS_TYPES)
-    if hidden.dim() != 3 or hidden.shape[0] % 2:
+    if cu_seqlens is None and (hidden.dim() != 3 or hidden.shape[0] % 2):
         raise ValueError(f"hidden must be [2B, T, H] (chosen rows, then rejected rows), got {tuple(hidden.shape)}")
-    if labels.shape != hidden.shape[:2]:
+    if cu_seqlens is None and labels.shape != hidden.shape[:2]:
         raise ValueError(f"labels must be [2B, T] = {list(hidden.shape[:2])}, got {tuple(labels.shape)}")
-    rows = hidden.shape[0]
+    _check_layout(hidden, labels, cu_seqlens, "2B")
+    rows = hidden.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    if rows % 2:
+        raise ValueError(f"cu_seqlens must hold 2B + 1 boundaries (chosen sequences, then rejected), got {rows + 1}")
     batch = rows // 2
     if ref_logps is not None and ref_logps.shape != (rows,):
         raise ValueError(f"ref_logps must be [2B] = [{rows}], got {tuple(ref_logps.shape)}")
@@ -531,13 +593,16 @@ def fused_preference_loss(
     _check_head(hidden, weight, bias, labels, temperature)
     if check:
         problems = _head_problems(hidden, weight, bias, labels, ignore_index)
-        problems.append(_empty_response_problem(labels, ignore_index, batch))
+        cu_problems = _cu_seqlens_problems(cu_seqlens, hidden.shape[0])
+        if cu_problems:  # the boundaries first: the empty-response check reads them
+            losses.raise_problems(cu_problems)
+        problems.append(_empty_response_problem(labels, ignore_index, batch, cu_seqlens))
         for name, t in (("ref_logps", ref_logps), ("previous_logratios", previous_logratios)):
             if t is not None:
                 problems.append(losses.nonfinite_problem(name, t))
         losses.raise_problems(problems + _category_problems(categories, num_categories))
 
-    logps = _sequence_logprobs(hidden, weight, labels, bias, temperature, ignore_index, False, impl)
+    logps = _sequence_logprobs(hidden, weight, labels, bias, temperature, ignore_index, False, impl, cu_seqlens)
     if _use_triton(hidden):
         from guard.kernels.preference_head import PreferenceHeadFunction
 

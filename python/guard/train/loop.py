@@ -77,6 +77,12 @@ class Schedule:
     def epoch(self, done: int) -> float:
         return round(done / self.steps_per_epoch, 4)
 
+    def local_rows(self, step: int, rows: np.ndarray, dist) -> np.ndarray:
+        """This rank's share of the rows `steps` gave for `step` (an equal, contiguous one)."""
+        from guard import distributed
+
+        return distributed.local_rows(rows, dist)
+
 
 def plan_steps(cfg: TrainOptions, n_pairs: int, what: str = "training pairs") -> Schedule:
     steps_per_epoch = n_pairs // cfg.batch_size
@@ -150,14 +156,16 @@ def to_tensors(batch: dict[str, np.ndarray], device: torch.device,
 @torch.no_grad()
 def score_pairs(score: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]], data: PairData,
                 batch_size: int, pad_id: int, dist, keys: Sequence[str] = ("input_ids", "attention_mask"),
-                ) -> tuple[np.ndarray, np.ndarray]:
+                batch_of: Callable[[np.ndarray], dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """float64 (chosen, rejected) scores of every pair in `data` (in order), the work split over the ranks;
-    `score` maps one rank's padded pair batch (tensors `keys`) to its chosen and rejected scores."""
+    `score` maps one rank's pair batch to its chosen and rejected scores: padded (tensors `keys`), or what
+    `batch_of(rows)` makes of the rows (e.g. a packed row, guard.train.batches.Layout)."""
     from guard import distributed
 
     chosen, rejected = [], []
     for n, mine in distributed.rank_chunks(len(data), batch_size, dist):
-        batch = to_tensors(gdata.padded_batch(data.encoded, mine, pad_id), dist.device, keys)
+        batch = (batch_of(mine) if batch_of is not None
+                 else to_tensors(gdata.padded_batch(data.encoded, mine, pad_id), dist.device, keys))
         r_c, r_r = score(batch)
         chosen.append(distributed.gather_rows(r_c, dist)[:n].double().cpu())
         rejected.append(distributed.gather_rows(r_r, dist)[:n].double().cpu())

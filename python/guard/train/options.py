@@ -148,6 +148,9 @@ class TrainOptions:
     device: str = option("auto", "cuda, cpu, or auto (cuda when available)")
     threads: int | None = option(None, "torch CPU threads (none: torch's choice)", domain=">= 1",
                                  default_note="1 with --model tiny")
+    packing: bool | None = option(None, "lay a batch's sequences end to end in one row, attention kept inside each "
+                                  "sequence, so no padding is computed (--no-packing: padded rows); default: on "
+                                  "where the model's attention allows it, else off with the reason printed")
     chat_template: str | None = option(None, "a Jinja chat template file for conversational data, when the "
                                        "tokenizer has none (plain-text prompts are used as they are)")
 
@@ -159,6 +162,9 @@ class PairTrainOptions(TrainOptions):
 
     max_length: int = option(1024, "tokens per prompt+response sequence; a longer response is cut at its end",
                              domain=">= 2")
+    tokens_per_step: int | None = option(None, "tokens (chosen + rejected, over all processes) per optimizer step "
+                                         "instead of --batch-size pairs: whole pairs packed best-fit into "
+                                         "TOKENS / processes per process; none: --batch-size pairs", domain=">= 1")
     # fairness (GUARD)
     lambda_adv: list[float] = option([0.2], "fairness weight λ; 0 = the plain loss; several values (0,0.2,0.8) "
                                      "run a sweep", domain=">= 0")
@@ -189,6 +195,8 @@ def check_options(cfg: TrainOptions, lambdas: Sequence[float] | None = None) -> 
 
 
 def check_batch_split(cfg: TrainOptions, dist) -> None:
+    if getattr(cfg, "tokens_per_step", None) is not None:  # the token budget sets the batch, per process
+        return
     if cfg.batch_size % dist.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of the {dist.world_size} processes")
 

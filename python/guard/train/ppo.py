@@ -15,8 +15,9 @@ One update (`step`), read top to bottom in `train`: take --batch-size prompts ->
 response to each (temperature, top-p, --max-new-tokens), cut at the stop token (guard.rollout) -> (2)
 experience, without gradients: the policy's log-probs and entropy of the sampled tokens and the reference's
 log-probs (the adapter disabled), all through guard.ops.token_logprobs on the backbone's hidden states (no
-[tokens x vocab] logits), the value head's values, the reward model's score (minus --missing-eos-penalty for a
-response that never stopped) plus the curiosity bonus η·novelty of the mean-pooled response hidden states
+[tokens x vocab] logits; the rollouts packed in one row when the model allows it, --packing), the value
+head's values, the reward model's score (minus --missing-eos-penalty for a response that never stopped) plus
+the curiosity bonus η·novelty of the mean-pooled response hidden states
 (guard.curiosity, whose predictor then takes one step) -> per-token rewards −β·KL with the sequence reward
 on the last token, GAE, whitened advantages (guard.rl) -> (3) --ppo-epochs passes over the rollouts in
 minibatches: clipped policy loss + vf_coef · clipped value loss, one optimizer step per minibatch -> (4)
@@ -44,12 +45,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guard import distributed, jsonfiles, models, ops, rl
+from guard import attention, distributed, jsonfiles, models, ops, rl
 from guard import data as gdata
 from guard.config import ConfigError
 from guard.report import Report, format_table
 from guard.rollout import GenerationSettings, RewardScorer, Rollout, answer, concat_rollouts, generate
-from guard.train import inputs, loop, options, reports, rundir, session
+from guard.train import batches, inputs, loop, options, reports, rundir, session
 from guard.train.options import PPOConfig
 from guard.train.pref import hidden_forward
 
@@ -107,18 +108,42 @@ def _scatter(mask: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def rollout_inputs(rollout: Rollout, packed: bool) -> tuple[dict, torch.Tensor | None]:
+    """(keyword arguments of a backbone forward over the rollouts, each rollout's first position in the packed
+    row or None): the padded rows as they are, or, `packed`, their prompt + response tokens end to end in one
+    row (guard.attention.packed_inputs), the padding left out."""
+    if not packed:
+        return {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask}, None
+    lengths = rollout.prompt_lengths + rollout.response_lengths
+    columns = torch.arange(rollout.input_ids.shape[1], device=lengths.device)
+    real = columns[None, :] < lengths[:, None]
+    starts = lengths.cumsum(0) - lengths
+    cu_seqlens = torch.cat([starts, lengths.sum().view(1)])
+    position_ids = columns.expand_as(real)[real][None]
+    return attention.packed_inputs(rollout.input_ids[real][None], position_ids, cu_seqlens,
+                                   int(lengths.max())), starts
+
+
 def token_pass(model, value_head, rollout: Rollout, temperature: float, autocast: bool, *,
-               features: bool = False) -> TokenStats:
+               features: bool = False, packed: bool = False) -> TokenStats:
     """The policy's (or, with value_head None, a reference's) statistics of the rollout's response tokens:
     the backbone's hidden state before each response token through the LM head's fused log-prob/entropy
-    op (guard.ops.token_logprobs), and the value head on the same states. Differentiable."""
+    op (guard.ops.token_logprobs), and the value head on the same states. Differentiable. `packed`: the
+    backbone runs over the rollouts packed in one row (rollout_inputs), the same numbers without the padding."""
     from guard.curiosity import mean_pool
 
     positions, mask = rollout.response_index()
+    inputs, starts = rollout_inputs(rollout, packed)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        hidden, weight = hidden_forward(model)(rollout.input_ids, rollout.attention_mask)
+        hidden, weight = hidden_forward(model)(**inputs)
     size = hidden.shape[-1]
-    before = hidden.gather(1, (positions - 1).unsqueeze(-1).expand(-1, -1, size))  # the state predicting token t
+
+    def states(at: torch.Tensor) -> torch.Tensor:  # [B, R, H]: the hidden state at each rollout's positions `at`
+        if starts is not None:
+            return hidden[0][starts[:, None] + at]
+        return hidden.gather(1, at.unsqueeze(-1).expand(-1, -1, size))
+
+    before = states(positions - 1)  # the state predicting token t
     labels = rollout.input_ids.gather(1, positions)
     wants_values = value_head is not None
     out = ops.token_logprobs(before[mask], weight, labels[mask], temperature=temperature,
@@ -127,18 +152,20 @@ def token_pass(model, value_head, rollout: Rollout, temperature: float, autocast
     values = value_head(before.float()).squeeze(-1) * mask if wants_values else None
     pooled = None
     if features:
-        pooled = mean_pool(hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, size)), mask).detach()
+        pooled = mean_pool(states(positions), mask).detach()
     return TokenStats(_scatter(mask, logp.float()), None if entropy is None else _scatter(mask, entropy.float()),
                       values, mask, pooled)
 
 
 @torch.no_grad()
-def reference_logp(model, reference, rollout: Rollout, temperature: float, autocast: bool) -> torch.Tensor:
+def reference_logp(model, reference, rollout: Rollout, temperature: float, autocast: bool, *,
+                   packed: bool = False) -> torch.Tensor:
     """[B, R] log-probs of the response tokens under the reference: `reference` (a frozen copy) when given,
     else `model` with its LoRA adapter disabled."""
     scope = model.disable_adapter() if reference is None else contextlib.nullcontext()
     with scope:
-        return token_pass(reference if reference is not None else model, None, rollout, temperature, autocast).logp
+        return token_pass(reference if reference is not None else model, None, rollout, temperature, autocast,
+                          packed=packed).logp
 
 
 def value_head_for(model, device) -> torch.nn.Linear:
@@ -176,10 +203,11 @@ def kl_controller(cfg: PPOConfig) -> rl.FixedKLController:
 
 
 def make_experience(cfg: PPOConfig, model, reference, value_head, scorer: RewardScorer, rnd, rollout: Rollout,
-                    ctl: rl.FixedKLController, dist, autocast: bool) -> tuple[Experience, dict]:
+                    ctl: rl.FixedKLController, dist, autocast: bool, packed: bool = False) -> tuple[Experience, dict]:
     """(2) in the module docstring: log-probs, values, reference log-probs, scores and the curiosity bonus of
     this rank's rollouts, then rewards, GAE and whitened advantages (with the whole batch's statistics).
-    Returns the experience and the batch's metrics (means over every rank's rollouts)."""
+    Returns the experience and the batch's metrics (means over every rank's rollouts). `packed`: the policy's
+    and the reference's forwards over packed rows (token_pass); the reward model scores its own padded batch."""
     width = int(rollout.response_lengths.max())
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logp", "entropy", "values", "ref", "features", "score")}
     was_training = model.training
@@ -188,12 +216,13 @@ def make_experience(cfg: PPOConfig, model, reference, value_head, scorer: Reward
         with torch.no_grad():
             for start in range(0, len(rollout), cfg.eval_batch_size):
                 part = rollout.select(np.arange(start, min(start + cfg.eval_batch_size, len(rollout))))
-                stats = token_pass(model, value_head, part, cfg.temperature, autocast, features=True)
+                stats = token_pass(model, value_head, part, cfg.temperature, autocast, features=True, packed=packed)
                 parts["logp"].append(pad_tokens(stats.logp, width))
                 parts["entropy"].append(pad_tokens(stats.entropy, width))
                 parts["values"].append(pad_tokens(stats.values, width))
                 parts["features"].append(stats.features)
-                parts["ref"].append(pad_tokens(reference_logp(model, reference, part, cfg.temperature, autocast), width))
+                parts["ref"].append(pad_tokens(reference_logp(model, reference, part, cfg.temperature, autocast,
+                                                              packed=packed), width))
                 parts["score"].append(scorer.score(part))
     finally:
         model.train(was_training)
@@ -284,7 +313,7 @@ class PPOOptimization:
 
 
 def ppo_epochs(cfg: PPOConfig, model, value_head, exp: Experience, opt: PPOOptimization, step: int, dist,
-               autocast: bool) -> dict:
+               autocast: bool, packed: bool = False) -> dict:
     """--ppo-epochs passes over this rank's rollouts in minibatches (the same order on every rank for a given
     seed and update), one optimizer step per minibatch; the losses are token means over the whole minibatch
     (every rank, every micro-batch). Returns the mean losses and clip fractions."""
@@ -303,7 +332,7 @@ def ppo_epochs(cfg: PPOConfig, model, value_head, exp: Experience, opt: PPOOptim
             for first in range(0, len(rows), micro):
                 part = rows[first:first + micro]
                 sub = exp.rollout.select(part)
-                stats = token_pass(model, value_head, sub, cfg.temperature, autocast)
+                stats = token_pass(model, value_head, sub, cfg.temperature, autocast, packed=packed)
                 width = stats.logp.shape[1]
                 idx = part.to(exp.mask.device)
                 mask, old_logp = exp.mask[idx, :width], exp.logp[idx, :width]
@@ -435,6 +464,7 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
 
         rnd = RNDCuriosity(model.config.hidden_size, hidden=cfg.rnd_hidden, output_dim=cfg.rnd_hidden, lr=cfg.rnd_lr,
                            eta=cfg.curiosity, seed=cfg.seed + 2, device=device)
+    packed = batches.decide_packing(cfg.packing, model, dist)
     opt = PPOOptimization(cfg, model, value_head, rnd, device)
     ctl = kl_controller(cfg)
     saved = {}
@@ -457,11 +487,12 @@ def train(cfg: PPOConfig, hf_tok, tok: gdata.Tokenizer, dist) -> dict:
         generation_s = time.perf_counter() - clock
         # (2) experience
         clock = time.perf_counter()
-        exp, metrics = make_experience(cfg, model, reference, value_head, scorer, rnd, rollout, ctl, dist, autocast)
+        exp, metrics = make_experience(cfg, model, reference, value_head, scorer, rnd, rollout, ctl, dist, autocast,
+                                       packed)
         experience_s = time.perf_counter() - clock
         # (3) PPO epochs
         clock = time.perf_counter()
-        losses = ppo_epochs(cfg, model, value_head, exp, opt, step, dist, autocast)
+        losses = ppo_epochs(cfg, model, value_head, exp, opt, step, dist, autocast, packed)
         training_s = time.perf_counter() - clock
         # (4) the KL coefficient follows the batch's KL (mean over responses of the summed per-token KL)
         ctl.update(metrics["kl"], cfg.batch_size)

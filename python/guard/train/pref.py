@@ -12,8 +12,10 @@ LM, with GUARD's fairness adversary on the implicit rewards.
 
 A run reads top to bottom in `train_one`: data (guard.train.common, as the reward-model recipe) -> policy
 (LoRA by default; the reference is the same model with the adapter disabled, a frozen copy without LoRA, or
-log-probs computed once and cached on disk) -> the loop: the backbone's final hidden states of the batch's
-chosen and rejected sequences (never the *ForCausalLM forward, which builds [tokens x vocab] logits), the
+log-probs computed once and cached on disk) -> the loop: the step's pairs (--batch-size, or best fit into
+--tokens-per-step), packed in one row when the model allows it (--packing, guard/train/batches.py), the
+backbone's final hidden states of the batch's chosen and rejected sequences (never the *ForCausalLM forward,
+which builds [tokens x vocab] logits), the
 fused loss with implicit rewards and their per-category moments (guard.ops.fused_preference_loss on the
 LM head's weight), (2) an adversary step on the detached features, (3) the policy step on L − λ·penalty ->
 held-out implicit rewards (rewards.jsonl and the GUARD audit) -> report.md -> the model.
@@ -43,7 +45,7 @@ from tqdm.auto import tqdm
 from guard import data as gdata, distributed, jsonfiles, losses, models, ops
 from guard.config import ConfigError
 from guard.report import Report, format_table
-from guard.train import inputs, loop, options, reports, rundir, session
+from guard.train import batches, inputs, loop, options, reports, rundir, session
 from guard.train.options import PrefConfig
 
 # ----------------------------------------------------------------------------------------------------
@@ -64,32 +66,32 @@ def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
     return head.weight
 
 
-def hidden_and_labels(model, batch: dict[str, torch.Tensor], autocast: bool
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Final hidden states [2B, T-1, H], the shifted labels [2B, T-1] (hidden[:, t] predicts labels[:, t]) and
-    the LM head's weight [V, H], through `hidden_forward` so FSDP2 gathers the root's parameters."""
+def hidden_and_labels(model, batch: dict, autocast: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The backbone's final hidden states, the labels they predict, the LM head's weight [V, H] and the packed
+    row's sequence boundaries: padded, hidden [2B, T-1, H], labels [2B, T-1] and None; packed (batches.Layout),
+    hidden [N, H], labels [N] and cu_seqlens [2B + 1]. Through `hidden_forward`, so FSDP2 gathers the root's
+    parameters."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        hidden, weight = hidden_forward(model)(batch["input_ids"], batch["attention_mask"])
-    return hidden[:, :-1], batch["labels"][:, 1:], weight
+        hidden, weight = hidden_forward(model)(**batches.backbone_inputs(batch))
+    if batches.is_packed(batch):
+        return hidden[0], batches.shifted_labels(batch), weight, batch["cu_seqlens"]
+    return hidden[:, :-1], batches.shifted_labels(batch), weight, None
 
 
 def hidden_forward(model):
-    """model's (input_ids, attention_mask) -> (final hidden states, LM head weight), registered as an FSDP2
-    forward method so the root unit (embeddings, norm, LM head) is all-gathered and its gradients reduced.
-    Made once per model object: a deep copy made later (whose copied attribute would still call the original)
-    gets its own, since the owner recorded beside it is not the copy."""
-    if getattr(model, "_guard_hidden_owner", None) != id(model):
-        def _guard_hidden_forward(input_ids, attention_mask):
-            hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask,
-                                     use_cache=False).last_hidden_state
+    """model's backbone forward -> (final hidden states, LM head weight): (input_ids, attention_mask) of a
+    padded batch, or the keyword arguments of a packed row (guard.attention.packed_inputs). An FSDP2 forward
+    method (distributed.forward_method), so the root unit (embeddings, norm, LM head) is all-gathered and its
+    gradients reduced."""
+    def make():
+        def _guard_hidden_forward(input_ids, attention_mask=None, **packed):
+            hidden = backbone(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                     **packed).last_hidden_state
             return hidden, lm_head_weight(model)
+        return _guard_hidden_forward
 
-        from torch.distributed.fsdp import register_fsdp_forward_method
-
-        model._guard_hidden_forward = _guard_hidden_forward
-        register_fsdp_forward_method(model, "_guard_hidden_forward")
-        model._guard_hidden_owner = id(model)
-    return model._guard_hidden_forward
+    return distributed.forward_method(model, "_guard_hidden_forward", make)
 
 
 @torch.no_grad()
@@ -103,9 +105,9 @@ def reference_logps(model, reference, batch: dict[str, torch.Tensor], autocast: 
 
 
 def policy_logps(model, batch: dict[str, torch.Tensor], autocast: bool) -> torch.Tensor:
-    """Sequence log-probs [2B] (fp32) of `model` as it is, through the chunked LM-head op."""
-    hidden, labels, weight = hidden_and_labels(model, batch, autocast)
-    return ops.sequence_logprobs(hidden, weight, labels).float()
+    """Sequence log-probs [2B] (fp32) of `model` as it is, through the chunked LM-head op (either layout)."""
+    hidden, labels, weight, cu_seqlens = hidden_and_labels(model, batch, autocast)
+    return ops.sequence_logprobs(hidden, weight, labels, cu_seqlens=cu_seqlens).float()
 
 
 def preference_step(model, reference, batch: dict[str, torch.Tensor], cfg: PrefConfig, autocast: bool,
@@ -115,11 +117,11 @@ def preference_step(model, reference, batch: dict[str, torch.Tensor], cfg: PrefC
     The reference log-probs are `ref_logps` when given (precomputed), else computed live (reference_logps)."""
     if ref_logps is None:
         ref_logps = reference_logps(model, reference, batch, autocast)
-    hidden, labels, weight = hidden_and_labels(model, batch, autocast)
+    hidden, labels, weight, cu_seqlens = hidden_and_labels(model, batch, autocast)
     return ops.fused_preference_loss(hidden, weight, labels, ref_logps, loss_type=cfg.loss,
                                      beta=cfg.beta, label_smoothing=cfg.label_smoothing, categories=categories,
                                      num_categories=num_categories, previous_logratios=previous_logratios,
-                                     alphas=alphas)
+                                     alphas=alphas, cu_seqlens=cu_seqlens)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ class ReferenceLogps:
 def all_logps(model, data: inputs.PairData, cfg: PrefConfig, pad_id: int, dist, autocast: bool,
               adapter: bool = True) -> np.ndarray:
     """[2, n] float64 sequence log-probs of every pair of `data` under `model` (adapter=False: with its LoRA
-    adapter disabled), the work split over the ranks."""
+    adapter disabled), the work split over the ranks; packed rows as training packs them (--packing)."""
+    layout = batches.Layout(batches.decide_packing(cfg.packing, model, dist, announce=False), pad_id, dist.device)
     was_training = model.training
     model.eval()
     scope = model.disable_adapter() if not adapter else contextlib.nullcontext()
@@ -160,7 +163,8 @@ def all_logps(model, data: inputs.PairData, cfg: PrefConfig, pad_id: int, dist, 
                 logps = policy_logps(model, batch, autocast)
                 return logps[:len(logps) // 2], logps[len(logps) // 2:]
 
-            chosen, rejected = loop.score_pairs(score, data, cfg.eval_batch_size, pad_id, dist, PAIR_KEYS)
+            chosen, rejected = loop.score_pairs(score, data, cfg.eval_batch_size, pad_id, dist,
+                                                batch_of=lambda rows: layout.pairs(data.encoded, rows))
     finally:
         model.train(was_training)
     return np.stack([chosen, rejected])
@@ -221,7 +225,7 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
     run_dir = rundir.start_run(run_dir, cfg, cfg, dist)
     train, names = data.train, data.train.category_names
     options.check_fairness(cfg.lambda_adv, names)
-    schedule = loop.plan_steps(cfg, len(train))
+    schedule = batches.plan_steps(cfg, train, dist)
     device, autocast = dist.device, dist.device.type == "cuda" and cfg.bf16
 
     # Policy and reference: the same initial weights on every rank.
@@ -237,6 +241,7 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
         reference = distributed.shard_model(reference, dist, param_dtype=torch.bfloat16 if autocast else None)
     model = distributed.shard_model(model, dist, param_dtype=torch.bfloat16 if autocast else None)
     model.train()
+    layout = batches.Layout(batches.decide_packing(cfg.packing, model, dist), hf_tok.pad_token_id, device)
     if ref is None and cfg.precompute_ref:  # before a resumed checkpoint is loaded: these are the initial weights
         ref = precompute_reference(cfg, model, data, hf_tok, dist, autocast, run_dir)
     opt = loop.Optimization(cfg, model, len(names), device)
@@ -251,8 +256,8 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
     for step, rows, lr in schedule.steps(start_step, cfg.seed, cfg.lr, cfg.lr_schedule):
         opt.set_lr(lr)
         # (1) this rank's pairs: the fused loss on the backbone's hidden states, implicit rewards, moments
-        mine = distributed.local_rows(rows, dist)
-        batch = loop.to_tensors(gdata.padded_batch(train.encoded, mine, hf_tok.pad_token_id), device, PAIR_KEYS)
+        mine = schedule.local_rows(step, rows, dist)
+        batch = layout.pairs(train.encoded, mine)
         local_cats = categories[torch.from_numpy(mine).to(device)]
         ref_logps = previous = None
         if ref is not None:
@@ -264,11 +269,13 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
         r_c = distributed.gather_rows(out.rewards[:half], dist)
         r_r = distributed.gather_rows(out.rewards[half:], dist)
         # (2) the adversary step on the batch's detached implicit rewards, (3) the policy step on L − λ·penalty.
-        # out.loss is the mean over this rank's pairs; FSDP's gradient mean makes it the batch mean.
+        # out.loss is the mean over this rank's pairs; weighted by the rank's share of the pairs (1 unless a
+        # token budget gives ranks different counts), FSDP's gradient mean makes it the batch mean.
+        pref_loss = out.loss * (len(mine) * dist.world_size / len(rows))
         cats = categories[torch.from_numpy(rows).to(device)]
         moments, counts = (out.moments, out.counts) if not dist.enabled else losses.category_moments(
             torch.stack([r_c, r_r], dim=1), cats, len(names))
-        loss, adv_loss = opt.fairness(out.loss, cfg.lambda_adv, moments, counts, r_c, r_r, cats)
+        loss, adv_loss = opt.fairness(pref_loss, cfg.lambda_adv, moments, counts, r_c, r_r, cats)
         opt.step(loss)
         tokens += int(lengths[rows].sum())
         bar.update(1)
@@ -281,7 +288,7 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
             lr_c, lr_r = r_c.detach() / cfg.beta, r_r.detach() / cfg.beta
             row = {"step": done, "epoch": schedule.epoch(done),
                    "loss": distributed.all_reduce_mean(loss.detach(), dist),  # every rank's pairs, as pref_loss
-                   "pref_loss": distributed.all_reduce_mean(out.loss.detach(), dist),
+                   "pref_loss": distributed.all_reduce_mean(pref_loss.detach(), dist),
                    "adv_loss": None if adv_loss is None else adv_loss.item(),
                    "rewards/chosen": r_c.mean().item(), "rewards/rejected": r_r.mean().item(),
                    "rewards/margins": (r_c - r_r).mean().item(), "rewards/accuracy": (r_c > r_r).float().mean().item(),

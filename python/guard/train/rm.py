@@ -7,7 +7,9 @@
     python -m guard.train rm --help                          # every option
 
 A run reads top to bottom in `train_one`: data (load, categories, dedup, tokenize, hold out 10%) -> model
-(LoRA, FSDP2) -> the loop: score the batch's chosen and rejected sequences, gather the rewards from every
+(LoRA, FSDP2) -> the loop: the step's pairs (--batch-size, or best fit into --tokens-per-step), packed in one
+row when the model allows it (--packing, guard/train/batches.py), score the batch's chosen and rejected
+sequences (a packed row: the score head on each sequence's last token), gather the rewards from every
 rank, the fused BT loss with per-category moments (guard.ops.bt_loss), (2) an adversary step on the
 detached features, (3) the model step on L_BT − λ·penalty (guard/fairness.py) -> held-out evaluation
 (rewards.jsonl and the GUARD audit) -> report.md with plots -> the final model in Hugging Face format.
@@ -24,9 +26,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guard import data as gdata, distributed, jsonfiles, models, ops
+from guard import distributed, jsonfiles, models, ops
 from guard.report import Report, format_table
-from guard.train import inputs, loop, options, reports, rundir, session
+from guard.train import batches, inputs, loop, options, reports, rundir, session
 from guard.train.options import RMConfig
 
 
@@ -37,25 +39,54 @@ from guard.train.options import RMConfig
 RMData = inputs.TrainEval  # the training and held-out pairs of a run (guard.train.common)
 load_data = inputs.load_train_eval
 to_tensors = loop.to_tensors
-local_rows = distributed.local_rows
 
 
 def score(model: torch.nn.Module, batch: dict[str, torch.Tensor], autocast: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards (fp32) of a padded pair batch: chosen rows first, then rejected."""
+    """Rewards (fp32) of a pair batch, chosen sequences first, then rejected: a padded batch through the model's
+    own forward, a packed row (batches.Layout) through packed_rewards."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    rewards = rewards.squeeze(-1).float()
+        if batches.is_packed(batch):
+            rewards = packed_rewards(model)(batch)
+        else:
+            rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    rewards = rewards.float()
     half = rewards.shape[0] // 2
     return rewards[:half], rewards[half:]
 
 
+def packed_rewards(model: torch.nn.Module):
+    """model's packed row -> one reward per sequence [S]: the backbone over the row, then the score head on each
+    sequence's last token that is not the pad id (the token *ForSequenceClassification scores in a padded row,
+    so a trained model scores alike in either layout and in transformers). The *ForSequenceClassification
+    forward cannot take a packed row: it scores one token per row. An FSDP2 forward method
+    (distributed.forward_method), so the root unit (embeddings, norm, score head) is gathered."""
+    def make():
+        def _guard_packed_rewards(batch: dict) -> torch.Tensor:
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            inputs = batches.backbone_inputs(batch)
+            hidden = getattr(base, base.base_model_prefix)(**inputs, use_cache=False).last_hidden_state[0]
+            ids, cu = batch["input_ids"][0], batch["cu_seqlens"].long()
+            # The last non-pad position of each sequence: a running max of the non-pad positions, read at each
+            # sequence's end; a sequence of nothing but pad ids falls back to its first position, as argmax does.
+            position = torch.arange(ids.shape[0], device=ids.device)
+            last = torch.cummax(torch.where(ids != model.config.pad_token_id, position, -1), dim=0).values[cu[1:] - 1]
+            last = torch.maximum(last, cu[:-1])
+            return base.score(hidden[last]).squeeze(-1)
+        return _guard_packed_rewards
+
+    return distributed.forward_method(model, "_guard_packed_rewards", make)
+
+
 @torch.no_grad()
 def score_pairs(model, data: inputs.PairData, batch_size: int, pad_id: int, dist: distributed.Dist,
-                autocast: bool) -> tuple[np.ndarray, np.ndarray]:
-    """float64 rewards of every pair in `data` (in order), the work split over the ranks."""
+                autocast: bool, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """float64 rewards of every pair in `data` (in order), the work split over the ranks; `packed`: in packed
+    rows."""
+    layout = batches.Layout(packed, pad_id, dist.device)
     model.eval()
     try:
-        return loop.score_pairs(lambda batch: score(model, batch, autocast), data, batch_size, pad_id, dist)
+        return loop.score_pairs(lambda batch: score(model, batch, autocast), data, batch_size, pad_id, dist,
+                                batch_of=lambda rows: layout.pairs(data.encoded, rows))
     finally:
         model.train()
 
@@ -77,7 +108,7 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
     run_dir = rundir.start_run(run_dir, cfg, replace(cfg, lambda_adv=[lambda_adv]), dist)
     train, names = data.train, data.train.category_names
     options.check_fairness(lambda_adv, names)
-    schedule = loop.plan_steps(cfg, len(train))
+    schedule = batches.plan_steps(cfg, train, dist)
     device, autocast = dist.device, dist.device.type == "cuda" and cfg.bf16
 
     # Model, optimizers, adversary: the same initial weights on every rank and for every λ of a sweep.
@@ -89,6 +120,7 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
                                      trust_remote_code=cfg.trust_remote_code, seed=cfg.seed, device=device)
     model = distributed.shard_model(model, dist, param_dtype=torch.bfloat16 if autocast else None)
     model.train()
+    layout = batches.Layout(batches.decide_packing(cfg.packing, model, dist, head="score"), hf_tok.pad_token_id, device)
     opt = loop.Optimization(cfg, model, len(names), device)
     start_step, log = rundir.resume_state(cfg, run_dir, model, opt, dist)
     finite = loop.FiniteWatch(device, dist)
@@ -102,7 +134,7 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
     for step, rows, lr in schedule.steps(start_step, cfg.seed, cfg.lr, cfg.lr_schedule):
         opt.set_lr(lr)
         # (1) rewards of the whole batch on every rank, the fused BT loss and per-category moments
-        batch = to_tensors(gdata.padded_batch(train.encoded, local_rows(rows, dist), hf_tok.pad_token_id), device)
+        batch = layout.pairs(train.encoded, schedule.local_rows(step, rows, dist))
         r_c, r_r = score(model, batch, autocast)
         r_c, r_r = distributed.gather_rows(r_c, dist), distributed.gather_rows(r_r, dist)
         index = torch.from_numpy(rows).to(device)
@@ -133,7 +165,8 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
     finite.check()
 
     # Held-out evaluation, the final model and the report
-    chosen, rejected = score_pairs(model, data.eval, cfg.eval_batch_size, hf_tok.pad_token_id, dist, autocast)
+    chosen, rejected = score_pairs(model, data.eval, cfg.eval_batch_size, hf_tok.pad_token_id, dist, autocast,
+                                   layout.packed)
     eval_names = [names[c] for c in data.eval.categories]
     margin = 0.0 if data.eval.margins is None else data.eval.margins.astype(np.float64)
     extra = {"bt_loss": float(np.mean(np.logaddexp(0.0, -(chosen - rejected - margin)))), "lambda_adv": lambda_adv,
