@@ -128,12 +128,12 @@ RESUME_FIXED = ("data", "eval_data", "eval_fraction", "split", "schema", "dimens
                 "lora_target_modules", "seed", "batch_size", "chat_template", "loss", "beta", "label_smoothing",
                 "alpha", "lambda_adv", "adversary", "adv_objective", "adv_hidden", "margin_column", "center_coef",
                 "precompute_ref", "reward_model", "stop_token", "minibatch_size", "ppo_epochs", "kl_estimator",
-                "trust_remote_code")
+                "trust_remote_code", "tokens_per_step")
 #: What --resume may change without asking: how the run is run and reported, not what it computes. Any other
 #: option (the learning rate and its schedule, the number of steps, ...) may change when --resume-changes names it.
 RESUME_FREE = ("output_dir", "resume", "overwrite", "resume_changes", "log_every", "save_every", "keep_checkpoints",
                "eval_batch_size", "generation_batch_size", "micro_batch_size", "device", "threads", "ref_cache_dir",
-               "gradient_checkpointing", "preset")
+               "gradient_checkpointing", "preset", "packing")
 
 
 def check_resume(saved: dict, cfg) -> list[str]:
