@@ -129,3 +129,46 @@ def test_bad_settings_are_named():
         adversary_penalty(CategoryAdversary(2, mode="rewards"), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), objective="kl")
     with pytest.raises(ValueError, match="moments mode needs the moments"):
         CategoryAdversary(2).features(None, None, torch.zeros(2), torch.zeros(2), torch.zeros(2, dtype=torch.long))
+
+
+def test_chance_objective_is_zero_exactly_when_the_adversary_predicts_the_prior():
+    from guard.fairness import _target_shares
+
+    adversary = CategoryAdversary(3, mode="rewards", hidden=8)
+    targets = torch.tensor([0, 0, 0, 1, 2, 2, IGNORE])
+    prior = _target_shares(targets, 3)
+    torch.testing.assert_close(prior, torch.tensor([3 / 6, 1 / 6, 2 / 6]))
+    with torch.no_grad():  # an adversary that ignores its input and predicts the prior
+        adversary.net[2].weight.zero_()
+        adversary.net[2].bias.copy_(prior.log())
+    features = torch.randn(7, 2, requires_grad=True)
+    at_chance = adversary_penalty(adversary, features, targets, objective="chance")
+    assert at_chance.item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        adversary.net[2].bias.copy_(torch.tensor([2.0, -1.0, 0.0]))
+    off = adversary_penalty(adversary, features, targets, objective="chance")
+    assert off.item() < -0.05  # −KL(prior ‖ q) < 0 away from chance
+    off.backward()
+    assert features.grad is not None
+
+
+def test_balanced_batches_hold_every_category_and_change_nothing_else():
+    import numpy as np
+
+    from guard.train.batches import balanced_epoch_order
+    from guard.train.loop import epoch_order
+
+    categories = np.array([0] * 150 + [1] * 40 + [2] * 7 + [3] * 3)
+    order = balanced_epoch_order(categories, 16, seed=3, epoch=1)
+    batches = order[: (200 // 16) * 16].reshape(-1, 16)
+    assert all(set(categories[b]) == {0, 1, 2, 3} and len(set(b)) == 16 for b in batches)
+    plain = epoch_order(200, 3, 1)
+    changed = (batches != plain[: batches.size].reshape(-1, 16)).sum(1)
+    missing = [4 - len(set(categories[b])) for b in plain[: batches.size].reshape(-1, 16)]
+    assert changed.tolist() == missing  # one swap per missing category, nothing else moves
+    assert np.array_equal(order, balanced_epoch_order(categories, 16, seed=3, epoch=1))  # (seed, epoch) alone
+    assert not np.array_equal(order, balanced_epoch_order(categories, 16, seed=3, epoch=2))
+    halves = np.array([0, 1] * 100)  # batches that already hold both categories: the plain order
+    assert np.array_equal(balanced_epoch_order(halves, 16, seed=0, epoch=0), epoch_order(200, 0, 0))
+    many = np.arange(200) % 20  # more categories than a batch holds: the plain order
+    assert np.array_equal(balanced_epoch_order(many, 16, seed=0, epoch=0), epoch_order(200, 0, 0))

@@ -1,15 +1,15 @@
 """`python -m guard.train`: guard's training entry point.
 
     python -m guard.train                 # the default job: a plain and a fair reward model on the bundled sample
-    python -m guard.train rm --help       # reward models with GUARD's fairness adversary (guard/train/rm.py)
+    python -m guard.train rm --help       # reward models with GUARD's fairness term (guard/train/rm.py)
     python -m guard.train pref --help     # DPO, IPO, APO-zero/down, KTO-pair, SPO rounds on a policy (guard/train/pref.py)
     python -m guard.train ppo --help      # PPO with a value head, adaptive KL and RND curiosity (guard/train/ppo.py)
 
 The default job trains the tiny Llama preset as a reward model on `guard/assets/sample_pairs.jsonl` (pairs
 from two categories, where one category's responses carry phrases the preference likes, so a plain
-Bradley–Terry model learns a category-dependent reward shift), twice: λ = 0 (plain BT) and λ = 0.2 (GUARD's
-adversary), then prints pair accuracy, KS, Wasserstein-1, binned MI and audit AUC of the held-out rewards
-side by side, with the paths to the reports. A few minutes on a 2-core CPU; it writes to ./runs/guard-default.
+Bradley–Terry model learns a category-dependent reward shift), twice: λ = 0 (plain BT) and λ = 0.2 (guard's
+default fairness penalty, guard/fairness.py), then prints pair accuracy, KS, Wasserstein-1, binned MI and audit
+AUC of the held-out rewards side by side, with the paths to the reports. It writes to ./runs/guard-default.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ def default_job_config(output_dir: str = DEFAULT_OUTPUT_DIR) -> options.RMConfig
         warmup_ratio=0.05,
         max_grad_norm=0.0,
         lambda_adv=[0.0, 0.2],
-        adv_lr=1e-2,
         log_every=10,
         save_every=0,
         threads=1,

@@ -26,6 +26,7 @@ whole batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -144,10 +145,44 @@ class TokenSchedule(loop.Schedule):
         return self.parts(step)[dist.rank]
 
 
+def balanced_epoch_order(categories: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """The rows of one epoch: the plain shuffled order (loop.epoch_order, the same permutation),
+    repaired so that each of its n // batch_size whole batches holds at least one pair of every category. A
+    batch missing a category takes one of its pairs (the next of a shuffled queue of that category's pairs,
+    reshuffled when used up: rare pairs come round again) in place of a pair of the batch's most frequent
+    category. Batches that miss nothing are left as they were, so data whose batches already hold every
+    category trains exactly as without it. A function of (seed, epoch) alone, so a resumed run visits the
+    same batches; with more categories than batch_size, or fewer than 2, it is the plain order."""
+    categories = np.asarray(categories)
+    n = len(categories)
+    order = loop.epoch_order(n, seed, epoch).copy()
+    present = np.unique(categories)
+    if not 2 <= len(present) <= batch_size:
+        return order
+    rng = np.random.default_rng([seed, epoch, 0xBA1A])
+    members = {c: np.flatnonzero(categories == c) for c in present}
+    queues: dict[int, list[int]] = {c: [] for c in present}
+    for start in range(0, (n // batch_size) * batch_size, batch_size):
+        batch = order[start:start + batch_size]  # a view: edits land in `order`
+        for c in present:
+            if (categories[batch] == c).any():
+                continue
+            if not queues[c]:
+                queues[c] = list(rng.permutation(members[c]))
+            cats = categories[batch]
+            values, counts = np.unique(cats, return_counts=True)
+            common = values[np.argmax(counts)]
+            batch[np.flatnonzero(cats == common)[-1]] = queues[c].pop()
+    return order
+
+
 def plan_steps(cfg, train: PairData, dist) -> loop.Schedule:
-    """--batch-size pairs per step (loop.plan_steps), or with --tokens-per-step a TokenSchedule."""
+    """--batch-size pairs per step (loop.plan_steps; with --balanced-batches in balanced_epoch_order), or with
+    --tokens-per-step a TokenSchedule."""
     if getattr(cfg, "tokens_per_step", None) is None:
-        return loop.plan_steps(cfg, len(train))
+        balanced = getattr(cfg, "balanced_batches", False) and len(train.category_names) > 1
+        order = partial(balanced_epoch_order, train.categories, cfg.batch_size) if balanced else None
+        return loop.plan_steps(cfg, len(train), order=order)
     world = dist.world_size
     budget = cfg.tokens_per_step // world
     costs = train.encoded.lengths.sum(axis=1)

@@ -63,6 +63,7 @@ class Schedule:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    order: Callable[[int, int], np.ndarray] | None = None  # (seed, epoch) -> the epoch's rows; None: epoch_order
 
     def steps(self, start_step: int, seed: int, peak_lr: float, lr_schedule: str):
         """(step, rows of the global batch, learning rate) for every step from `start_step` on."""
@@ -70,7 +71,8 @@ class Schedule:
         for step in range(start_step, self.total_steps):
             epoch, k = divmod(step, self.steps_per_epoch)
             if epoch != order_epoch:
-                order, order_epoch = epoch_order(self.n_pairs, seed, epoch), epoch
+                order = self.order(seed, epoch) if self.order else epoch_order(self.n_pairs, seed, epoch)
+                order_epoch = epoch
             rows = order[k * self.batch_size:(k + 1) * self.batch_size]
             yield step, rows, peak_lr * lr_factor(lr_schedule, step, self.warmup_steps, self.total_steps)
 
@@ -84,33 +86,36 @@ class Schedule:
         return distributed.local_rows(rows, dist)
 
 
-def plan_steps(cfg: TrainOptions, n_pairs: int, what: str = "training pairs") -> Schedule:
+def plan_steps(cfg: TrainOptions, n_pairs: int, what: str = "training pairs",
+               order: Callable[[int, int], np.ndarray] | None = None) -> Schedule:
+    """--batch-size items per step in a (seed, epoch) order: `order(seed, epoch)`, or epoch_order."""
     steps_per_epoch = n_pairs // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {n_pairs} {what}")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    return Schedule(n_pairs, cfg.batch_size, steps_per_epoch, total, int(cfg.warmup_ratio * total))
+    return Schedule(n_pairs, cfg.batch_size, steps_per_epoch, total, int(cfg.warmup_ratio * total), order)
 
 
 class Optimization:
-    """The model's AdamW and, with two or more categories, GUARD's adversary with its Adam. With λ = 0 the
-    adversary only watches: its loss says how much the rewards leak, and it never enters the model's loss.
-    It is built in a forked RNG so the model's initial weights and batches do not depend on λ."""
+    """The model's AdamW and, with two or more categories, GUARD's fairness term (guard.fairness.Fairness: the
+    penalty of --fairness and an adversary with its Adam). With λ = 0 (or the moments penalty) the adversary
+    only watches: its loss says how much the rewards leak, and it never enters the model's loss. It is built
+    in a forked RNG so the model's initial weights and batches do not depend on λ."""
 
     def __init__(self, cfg: TrainOptions, model: torch.nn.Module, num_categories: int, device: torch.device):
-        from guard.fairness import CategoryAdversary
+        from guard.fairness import Fairness
 
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                            fused=device.type == "cuda")
         self.max_grad_norm = cfg.max_grad_norm
-        self.adv_objective = cfg.adv_objective
-        self.adversary = self.adv_optimizer = None
+        self.fair = self.adversary = self.adv_optimizer = None
         if num_categories >= 2:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed + 1)
-                self.adversary = CategoryAdversary(num_categories, mode=cfg.adversary, hidden=cfg.adv_hidden).to(device)
-            self.adv_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=cfg.adv_lr)
+            self.fair = Fairness(num_categories, penalty=cfg.fairness, adversary=cfg.adversary,
+                                 objective=cfg.adv_objective, hidden=cfg.adv_hidden, lr=cfg.adv_lr,
+                                 steps=cfg.adv_steps, moment_weights=cfg.moment_weights, device=device,
+                                 seed=cfg.seed + 1)
+            self.adversary, self.adv_optimizer = self.fair.adversary, self.fair.optimizer
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -126,18 +131,16 @@ class Optimization:
 
     def fairness(self, loss: torch.Tensor, lambda_adv: float, moments, counts, chosen: torch.Tensor,
                  rejected: torch.Tensor, categories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(2) an adversary step on the detached features of the batch's rewards, then (3) the model's loss
-        L − λ·penalty (GUARD §3; guard/fairness.py). Returns (the model's loss, the adversary's loss or None)."""
-        from guard.fairness import adversary_penalty, adversary_step
-
-        if self.adversary is None:
+        """The adversary's steps on the detached features of the batch's rewards, then the model's loss
+        L + λ·fairness penalty (guard.fairness). Returns (the model's loss, the adversary's loss or None)."""
+        if self.fair is None:
             return loss, None
-        features, targets = self.adversary.features(moments, counts, chosen, rejected, categories)
-        adv_loss = adversary_step(self.adversary, self.adv_optimizer, features, targets)
-        if lambda_adv > 0:
-            loss = loss - lambda_adv * adversary_penalty(self.adversary, features, targets,
-                                                         objective=self.adv_objective)
-        return loss, adv_loss
+        return self.fair(loss, lambda_adv, moments, counts, chosen, rejected, categories)
+
+    def fair_penalty(self) -> float | None:
+        """The last step's moments penalty (for the metrics; None without one)."""
+        term = None if self.fair is None else self.fair.last_moment_penalty
+        return None if term is None else term.item()
 
     def step(self, loss: torch.Tensor) -> None:
         """backward, clip (max_grad_norm > 0), AdamW step."""

@@ -165,15 +165,25 @@ class PairTrainOptions(TrainOptions):
     tokens_per_step: int | None = option(None, "tokens (chosen + rejected, over all processes) per optimizer step "
                                          "instead of --batch-size pairs: whole pairs packed best-fit into "
                                          "TOKENS / processes per process; none: --batch-size pairs", domain=">= 1")
-    # fairness (GUARD)
+    # fairness (GUARD): guard/fairness.py
     lambda_adv: list[float] = option([0.2], "fairness weight λ; 0 = the plain loss; several values (0,0.2,0.8) "
                                      "run a sweep", domain=">= 0")
+    fairness: str = option("moments", "the fairness penalty λ weighs: a direct penalty on the per-category reward "
+                           "moments, GUARD's adversary, or both", choices=("moments", "adversary", "moments+adversary"))
+    moment_weights: list[float] = option([4.0, 4.0, 0.0, 0.0], "moments penalty: weights of the spread between "
+                                         "categories of the mean (η²), log-variance, skewness and kurtosis",
+                                         domain=">= 0")
+    balanced_batches: bool = option(True, "every batch holds at least one pair of each category (rare ones drawn "
+                                    "again as needed), the rest in the usual shuffled order (not with "
+                                    "--tokens-per-step)")
     adversary: str = option("rewards", "what the adversary reads: each pair's rewards, or per-category moments",
                             choices=("rewards", "moments"))
-    adv_objective: str = option("ce", "what the model maximises: the adversary's cross-entropy (paper) or "
-                                "its predictive entropy (authors' code)", choices=("ce", "entropy"))
+    adv_objective: str = option("ce", "what the model does to the adversary: maximise its cross-entropy (paper), "
+                                "its predictive entropy (authors' code), or bring it to chance",
+                                choices=("ce", "entropy", "chance"))
+    adv_steps: int = option(1, "adversary updates per model step", domain=">= 1")
     adv_hidden: int = option(64, "hidden units of the adversary MLP", domain=">= 1")
-    adv_lr: float = option(1e-3, "adversary learning rate (Adam)", domain="> 0")
+    adv_lr: float = option(1e-2, "adversary learning rate (Adam)", domain="> 0")
 
 
 def check_options(cfg: TrainOptions, lambdas: Sequence[float] | None = None) -> None:

@@ -289,7 +289,7 @@ def train_one(cfg: PrefConfig, run_dir: Path, data: inputs.TrainEval, hf_tok, di
             row = {"step": done, "epoch": schedule.epoch(done),
                    "loss": distributed.all_reduce_mean(loss.detach(), dist),  # every rank's pairs, as pref_loss
                    "pref_loss": distributed.all_reduce_mean(pref_loss.detach(), dist),
-                   "adv_loss": None if adv_loss is None else adv_loss.item(),
+                   "adv_loss": None if adv_loss is None else adv_loss.item(), "fair_penalty": opt.fair_penalty(),
                    "rewards/chosen": r_c.mean().item(), "rewards/rejected": r_r.mean().item(),
                    "rewards/margins": (r_c - r_r).mean().item(), "rewards/accuracy": (r_c > r_r).float().mean().item(),
                    "logratio/chosen": lr_c.mean().item(), "logratio/rejected": lr_r.mean().item(),

@@ -154,6 +154,7 @@ def train_one(cfg: RMConfig, lambda_adv: float, run_dir: Path, data: RMData, hf_
             elapsed = time.perf_counter() - clock
             row = {"step": done, "epoch": schedule.epoch(done), "loss": loss.item(),
                    "bt_loss": out.loss.item(), "adv_loss": None if adv_loss is None else adv_loss.item(),
+                   "fair_penalty": opt.fair_penalty(),
                    "accuracy": out.accuracy.item(), "lr": lr, "tokens_per_s": tokens / max(elapsed, 1e-9)}
             log.log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}")
@@ -189,7 +190,8 @@ SUMMARY_ROWS = (("pair accuracy", "accuracy"), ("BT loss", "bt_loss"), ("KS", "k
 def write_report(run_dir: Path, cfg: RMConfig, lambda_adv: float, data: RMData, summary: dict,
                  chosen: np.ndarray, rejected: np.ndarray, eval_names: list[str]) -> None:
     """report.md with the held-out audit, the data accounting, reward histograms and training curves."""
-    intro = (f"Model `{cfg.model}`, data `{cfg.data}`, adversary `{cfg.adversary}` / `{cfg.adv_objective}`, "
+    fair = cfg.fairness if cfg.fairness == "moments" else f"{cfg.fairness} ({cfg.adversary} / {cfg.adv_objective})"
+    intro = (f"Model `{cfg.model}`, data `{cfg.data}`, fairness `{fair}`, "
              f"{len(data.train)} training pairs, {len(data.eval)} held-out pairs, categories: "
              f"{', '.join(data.train.category_names)}.")
     reports.write_reward_report(run_dir, f"Reward model, λ = {lambda_adv:g}", intro, data, summary, SUMMARY_ROWS,
