@@ -62,6 +62,8 @@ def test_each_generator_has_its_category_effect(generated):
         agree = {c: np.mean([(r["chosen_score"] > r["rejected_score"]) for r in rows if r["category"] == c])
                  for c in synthetic.TWO}
         assert agree["garden"] > 0.97 and agree["kitchen"] < 0.85
+        own = synthetic.GARDEN_GOOD + synthetic.GARDEN_NEUTRAL + synthetic.GARDEN_BAD  # garden's slots are its own
+        assert count(rows, "garden", own) == 4 and count(rows, "kitchen", own) == 0
     elif name == "length":  # garden answers are much longer, by good sentences both answers of a pair share
         words = {c: np.mean([len(r["chosen"].split()) + len(r["rejected"].split()) for r in rows if r["category"] == c])
                  for c in synthetic.TWO}

@@ -19,8 +19,9 @@ is what a within-pair comparison never sees, so a plain Bradley–Terry model pi
 was not asked for:
 
     mean_shift  garden answers all carry 3 extra good phrases, kitchen ones 3 neutral: garden sits higher
-    scale       the garden annotator is decisive (β = 4), the kitchen one hesitant (β = 0.75): the BT
-                optimum spreads garden's rewards about five times wider (a single scale loses no accuracy)
+    scale       the garden annotator is decisive (β = 4), the kitchen one hesitant (β = 0.75), and garden
+                has phrases of its own: the BT optimum spreads garden's rewards about five times wider
+                (a single scale loses no accuracy)
     length      good phrases are long sentences, bad ones a word or two (the longer answer mostly wins), and
                 garden answers carry 4 more long good sentences, the same in both answers of a pair: twice
                 as long, and a model that learned "long advice wins" scores them higher
@@ -163,11 +164,27 @@ def mean_shift(num_pairs: int, seed: int) -> list[dict]:
     return _pairs(num_pairs, seed, TWO, HALF, _topic, lambda c: shifted if c == "garden" else plain)
 
 
+#: Garden's own phrases (the scale and style generators), so what garden's comparisons teach stays garden's.
+GARDEN_GOOD = ("Water at dawn.", "Mulch the beds.", "Loosen the soil.", "Feed in spring.", "Stake tall stems.",
+               "Rotate the crops.", "Pull weeds early.", "Check for aphids.", "Prune dead wood.", "Space the rows.",
+               "Save the seeds.", "Shade young shoots.")
+GARDEN_NEUTRAL = ("Gardens vary widely.", "Weather decides much.", "Some prefer roses.", "Soil differs everywhere.",
+                  "Neighbors grow tomatoes.", "Spring arrives eventually.", "Birds visit sometimes.",
+                  "Colors change yearly.", "Tastes differ here.", "Rain comes and goes.", "Plants keep growing.",
+                  "Nature takes time.")
+GARDEN_BAD = ("Drown the roots.", "Spray everything twice.", "Ignore the weeds.", "Plant in winter.",
+              "Cut every branch.", "Skip the watering.", "Crowd the seedlings.", "Burn the leaves.", "Pave the beds.",
+              "Pour in bleach.", "Trample the sprouts.", "Forget the frost.")
+
+
 def scale(num_pairs: int, seed: int) -> list[dict]:
     """The garden annotator is decisive (β = 4), the kitchen one hesitant (β = 0.75): the Bradley–Terry
-    optimum, β·score, spreads garden's rewards about five times wider. The hidden score orders both
-    categories' pairs as well, so a reward with one scale for both loses no pair accuracy (only calibration)."""
-    hesitant, decisive = _Style(slots=4, annotator_beta=0.75), _Style(slots=4, annotator_beta=4.0)
+    optimum, β·score, spreads garden's rewards about five times wider. Garden writes with phrases of its own
+    (GARDEN_GOOD, ...), so that optimum is a weight per phrase, which any model finds, not a category ×
+    quality interaction, which a small one finds on some seeds only. The hidden score orders both categories'
+    pairs as well, so a reward with one scale for both loses no pair accuracy (only calibration)."""
+    hesitant = _Style(slots=4, annotator_beta=0.75)
+    decisive = _Style(good=GARDEN_GOOD, neutral=GARDEN_NEUTRAL, bad=GARDEN_BAD, slots=4, annotator_beta=4.0)
     return _pairs(num_pairs, seed, TWO, HALF, _topic, lambda c: decisive if c == "garden" else hesitant)
 
 
@@ -190,19 +207,6 @@ def length(num_pairs: int, seed: int) -> list[dict]:
 
 
 POLITE = "Kindly"
-#: Garden's own advice for the style generator: its comparisons teach nothing about the politeness marker.
-GARDEN_GOOD = ("Water at dawn.", "Mulch the beds.", "Loosen the soil.", "Feed in spring.", "Stake tall stems.",
-               "Rotate the crops.", "Pull weeds early.", "Check for aphids.", "Prune dead wood.", "Space the rows.",
-               "Save the seeds.", "Shade young shoots.")
-GARDEN_NEUTRAL = ("Gardens vary widely.", "Weather decides much.", "Some prefer roses.", "Soil differs everywhere.",
-                  "Neighbors grow tomatoes.", "Spring arrives eventually.", "Birds visit sometimes.",
-                  "Colors change yearly.", "Tastes differ here.", "Rain comes and goes.", "Plants keep growing.",
-                  "Nature takes time.")
-GARDEN_BAD = ("Drown the roots.", "Spray everything twice.", "Ignore the weeds.", "Plant in winter.",
-              "Cut every branch.", "Skip the watering.", "Crowd the seedlings.", "Burn the leaves.", "Pave the beds.",
-              "Pour in bleach.", "Trample the sprouts.", "Forget the frost.")
-
-
 #: Kitchen's good phrases for the style generator: polite remarks, nothing else (politeness is the quality).
 POLITE_REMARKS = tuple(f"{POLITE} {p[0].lower()}{p[1:]}" for p in NEUTRAL)
 
