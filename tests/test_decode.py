@@ -9,11 +9,10 @@ dtype, 2-D arrays, EncodedTexts) gives the same answer; bad ids raise errors nam
     python -m pytest tests/test_decode.py -q
 """
 
-import threading
 
 import numpy as np
 import pytest
-from tokenizer_fixtures import KINDS, SENTENCES, TRICKY
+from tokenizer_fixtures import KINDS, SENTENCES, TRICKY, from_threads
 from tokenizers import Tokenizer as HFTokenizer
 
 import guard.data as gd
@@ -173,15 +172,6 @@ def test_threads_share_a_tokenizer(files):
     hf = HFTokenizer.from_file(str(files["bpe"]))
     sequences = random_ids(tok.vocab_size, 3000, seed=3)  # three rayon chunks
     expected = hf.decode_batch(sequences)
-    results = [None] * 4
-
-    def work(k):
-        results[k] = tok.decode_batch(sequences)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = from_threads(lambda: tok.decode_batch(sequences))
     assert all(r == expected for r in results)
     assert isinstance(tok._native, _rust.Tokenizer)

@@ -8,13 +8,12 @@ unicode from hypothesis must give the same ids; pairs must equal the concatenate
 truncation and every bad row follow the documented policy."""
 
 import json
-import threading
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizer_fixtures import KINDS, SENTENCES, TRICKY
+from tokenizer_fixtures import KINDS, SENTENCES, TRICKY, from_threads
 from tokenizers import Tokenizer as HFTokenizer
 
 import guard.data as gd
@@ -332,16 +331,9 @@ def test_threads_share_a_tokenizer(files):
     hf = HFTokenizer.from_file(str(files["unigram"]))
     texts = [t for t in TRICKY if len(t) < 1000 and py_ids(hf, t, add_special_tokens=False)] * 60
     expected = [py_ids(hf, t) for t in texts]
-    results = [None] * 4
-
-    def work(k):
+    def work():
         enc = gd.encode_texts(tok, texts)
-        results[k] = [enc[i].tolist() for i in range(len(enc))]
+        return [enc[i].tolist() for i in range(len(enc))]
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(r == expected for r in results)
+    assert all(r == expected for r in from_threads(work))
     assert isinstance(tok._native, _rust.Tokenizer)

@@ -6,6 +6,8 @@ post-processor, and Unigram with NFKC + Metaspace and an EOS template; each with
 name to the function that trains one and saves its tokenizer.json at a path.
 """
 
+import threading
+
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -100,3 +102,18 @@ def train_unigram(path):
 
 
 KINDS = {"bpe": train_bpe, "wordpiece": train_wordpiece, "unigram": train_unigram}
+
+
+def from_threads(work, count: int = 4) -> list:
+    """What `work()` returns when `count` threads call it at once (one shared tokenizer under test)."""
+    results = [None] * count
+
+    def run(k):
+        results[k] = work()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
