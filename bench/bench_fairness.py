@@ -6,6 +6,7 @@
     python bench/bench_fairness.py --recipe pref --generators mean_shift,style     # fairness on implicit rewards
     python bench/bench_fairness.py --threads 2 --out bench/results/fairness-threads2-cpu-2026-12-05.md
     python bench/bench_fairness.py --set adv_steps=5 --set adv_lr=0.003          # any config field, every run
+    python bench/bench_fairness.py --compare threads1.json threads2.json --out bench/results/fairness-threads-...
 
 Each (generator, seed) writes its data with guard.synthetic.write_dataset (seed s: data seed s, training
 seed s), then runs the recipe in-process (guard.train.rm.run or guard.train.pref.run) with the default job's
@@ -17,6 +18,8 @@ Prints one row per (generator, method, λ, seed) — held-out pair accuracy, BT 
 audit AUC — then, per (generator, method, λ > 0), the worst case over seeds of the checks issue 18 asks
 for: MI ratio to λ = 0 (≤ 0.5), audit AUC (≤ 0.6), accuracy drop from λ = 0 (≤ 0.02). --out writes the
 tables as markdown, the rows as .json beside it, and a plot as .png. Runs go under --work (outside the repo).
+--compare reads two sweeps' .json (e.g. 1 and 2 threads) and says, per check, how far their worst cases
+lie apart against THREAD_TOLERANCE and whether every verdict is the same; it runs nothing.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ METHODS: dict[str, dict] = {
 }
 CHECKS = {"mi_ratio": 0.5, "audit_auc": 0.6, "accuracy_drop": 0.02}
 METRICS = ("accuracy", "bt_loss", "binned_mi", "ks", "w1", "audit_auc")
+#: How far two sweeps of the same runs (1 and 2 threads) may put a worst case apart and still agree: float32
+#: round-off in another reduction order moves every step a little, so the runs differ like nearby seeds.
+THREAD_TOLERANCE = {"mi_ratio": 0.1, "audit_auc": 0.03, "accuracy_drop": 0.01}
 
 
 def parse_list(text: str, kind=str) -> list:
@@ -263,6 +269,42 @@ def worst_cases(rows: list[dict]) -> list[dict]:
     return out
 
 
+def compare(first: dict, second: dict) -> tuple[bool, str]:
+    """Two sweeps' results ({"rows", "worst"}, as --out writes them) of the same plan: whether they agree
+    (every verdict the same, every worst case within THREAD_TOLERANCE) and a markdown report saying so."""
+
+    def key(r: dict) -> tuple:
+        return r["generator"], r["method"], r["lambda"]
+
+    pairs = [(w, {key(v): v for v in second["worst"]}.get(key(w))) for w in first["worst"]]
+    runs = {(*key(r), r["seed"]): r for r in second["rows"]}
+    same_plan = (len(first["worst"]) == len(second["worst"]) and all(b is not None for _, b in pairs)
+                 and sorted(runs) == sorted((*key(r), r["seed"]) for r in first["rows"])
+                 and {r["recipe"] for r in first["rows"]} == {r["recipe"] for r in second["rows"]})
+    if not same_plan:
+        raise ValueError("the two sweeps ran different plans (recipe, generators, methods, λs or seeds)")
+    deltas = {m: max(abs(r[m] - runs[(*key(r), r["seed"])][m]) for r in first["rows"]) for m in METRICS}
+    lines = ["| generator | method | λ | " + " | ".join(f"worst {k.replace('_', ' ')} (a / b)" for k in CHECKS)
+             + " | pass (a / b) |", "|" + " --- |" * (4 + len(CHECKS))]
+    agree = True
+    for a, b in pairs:
+        cells = []
+        for check, tolerance in THREAD_TOLERANCE.items():
+            gap = abs(a[f"worst_{check}"] - b[f"worst_{check}"])
+            agree &= gap <= tolerance
+            cells.append(f"{a[f'worst_{check}']:.3f} / {b[f'worst_{check}']:.3f}" + ("" if gap <= tolerance else " (!)"))
+        agree &= a["pass"] == b["pass"]
+        verdicts = " / ".join("yes" if w["pass"] else "NO" for w in (a, b))
+        lines.append(f"| {a['generator']} | {a['method']} | {a['lambda']:g} | " + " | ".join(cells) + f" | {verdicts} |")
+    tolerance = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in THREAD_TOLERANCE.items())
+    summary = (f"Agree: the same verdict on every row and every worst case within the tolerance ({tolerance})"
+               if agree else
+               f"DISAGREE: a verdict differs or a worst case lies outside the tolerance ({tolerance}; marked (!))")
+    lines += ["", summary + ".", "", "Largest difference of one run between the sweeps (same generator, method, λ, "
+              "seed): " + ", ".join(f"{m} {d:.4f}" for m, d in deltas.items()) + "."]
+    return agree, "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], worst: list[dict], args, elapsed: float) -> str:
     lines = [f"# Fairness sweep ({args.recipe}), {args.machine}, {date.today().isoformat()}", "",
              f"`python bench/bench_fairness.py {' '.join(sys.argv[1:])}` — torch threads {args.threads}, "
@@ -359,7 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the tables here (.md), the rows beside it (.json) and a plot (.png)")
     parser.add_argument("--machine", default=f"{socket.gethostname()} ({platform.processor() or platform.machine()}, "
                         f"{os.cpu_count()} cores)")
+    parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                        help="compare two sweeps' results (written by --out) and run nothing; exit 1 if they disagree")
     args = parser.parse_args(argv)
+    if args.compare:
+        first, second = (json.loads(Path(p).read_text(encoding="utf-8")) for p in args.compare)
+        agree, report = compare(first, second)
+        report = (f"# Fairness sweeps compared, {date.today().isoformat()}\n\na = `{args.compare[0]}`, "
+                  f"b = `{args.compare[1]}`\n\n{report}")
+        print(report, end="")
+        if args.out:
+            Path(args.out).with_suffix(".md").write_text(report, encoding="utf-8")
+        return 0 if agree else 1
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
