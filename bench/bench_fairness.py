@@ -31,6 +31,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import socket
 import sys
 import time
@@ -307,7 +308,7 @@ def compare(first: dict, second: dict) -> tuple[bool, str]:
 
 def markdown(rows: list[dict], worst: list[dict], args, elapsed: float) -> str:
     lines = [f"# Fairness sweep ({args.recipe}), {args.machine}, {date.today().isoformat()}", "",
-             f"`python bench/bench_fairness.py {' '.join(sys.argv[1:])}` — torch threads {args.threads}, "
+             f"`python bench/bench_fairness.py {shlex.join(sys.argv[1:])}` — torch threads {args.threads}, "
              f"{elapsed / 60:.1f} min. Held-out pairs of each generator (guard.synthetic), the default job's "
              "training settings (tiny preset, 3 epochs, batch 32, lr 2e-3).", "",
              "## Worst case over seeds (checks: MI ratio ≤ 0.5, audit AUC ≤ 0.6, accuracy drop ≤ 0.02)", "",
