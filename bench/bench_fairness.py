@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import shlex
 import socket
 import sys
@@ -381,6 +380,8 @@ def plot_traces(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench_data import cpu_model  # bench/ is the script's folder, on sys.path
+
     from guard import synthetic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -400,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", action="store_true", help="rerun and record every step's batch statistics "
                         "(two-category generators); --out then also writes <out>-trace.png")
     parser.add_argument("--out", help="write the tables here (.md), the rows beside it (.json) and a plot (.png)")
-    parser.add_argument("--machine", default=f"{socket.gethostname()} ({platform.processor() or platform.machine()}, "
-                        f"{os.cpu_count()} cores)")
+    parser.add_argument("--machine", default=f"{socket.gethostname()} ({cpu_model()}, {os.cpu_count()} cores)")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="compare two sweeps' results (written by --out) and run nothing; exit 1 if they disagree")
     args = parser.parse_args(argv)
