@@ -276,7 +276,8 @@ def compare(first: dict, second: dict) -> tuple[bool, str]:
     def key(r: dict) -> tuple:
         return r["generator"], r["method"], r["lambda"]
 
-    pairs = [(w, {key(v): v for v in second["worst"]}.get(key(w))) for w in first["worst"]]
+    second_worst = {key(w): w for w in second["worst"]}
+    pairs = [(w, second_worst.get(key(w))) for w in first["worst"]]
     runs = {(*key(r), r["seed"]): r for r in second["rows"]}
     same_plan = (len(first["worst"]) == len(second["worst"]) and all(b is not None for _, b in pairs)
                  and sorted(runs) == sorted((*key(r), r["seed"]) for r in first["rows"])

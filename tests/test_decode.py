@@ -9,7 +9,6 @@ dtype, 2-D arrays, EncodedTexts) gives the same answer; bad ids raise errors nam
     python -m pytest tests/test_decode.py -q
 """
 
-
 import numpy as np
 import pytest
 from tokenizer_fixtures import KINDS, SENTENCES, TRICKY, from_threads

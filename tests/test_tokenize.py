@@ -331,6 +331,7 @@ def test_threads_share_a_tokenizer(files):
     hf = HFTokenizer.from_file(str(files["unigram"]))
     texts = [t for t in TRICKY if len(t) < 1000 and py_ids(hf, t, add_special_tokens=False)] * 60
     expected = [py_ids(hf, t) for t in texts]
+
     def work():
         enc = gd.encode_texts(tok, texts)
         return [enc[i].tolist() for i in range(len(enc))]
