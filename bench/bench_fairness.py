@@ -270,20 +270,18 @@ def worst_cases(rows: list[dict]) -> list[dict]:
 
 
 def compare(first: dict, second: dict) -> tuple[bool, str]:
-    """Two sweeps' results ({"rows", "worst"}, as --out writes them) of the same plan: whether they agree
-    (every verdict the same, every worst case within THREAD_TOLERANCE) and a markdown report saying so."""
+    """Two sweeps' results (their "rows", as --out writes them) of the same plan: whether they agree (every
+    verdict the same, every worst case within THREAD_TOLERANCE) and a markdown report saying so."""
 
     def key(r: dict) -> tuple:
         return r["generator"], r["method"], r["lambda"]
 
-    second_worst = {key(w): w for w in second["worst"]}
-    pairs = [(w, second_worst.get(key(w))) for w in first["worst"]]
     runs = {(*key(r), r["seed"]): r for r in second["rows"]}
-    same_plan = (len(first["worst"]) == len(second["worst"]) and all(b is not None for _, b in pairs)
-                 and sorted(runs) == sorted((*key(r), r["seed"]) for r in first["rows"])
-                 and {r["recipe"] for r in first["rows"]} == {r["recipe"] for r in second["rows"]})
-    if not same_plan:
+    if (sorted(runs) != sorted((*key(r), r["seed"]) for r in first["rows"])
+            or {r["recipe"] for r in first["rows"]} != {r["recipe"] for r in second["rows"]}):
         raise ValueError("the two sweeps ran different plans (recipe, generators, methods, λs or seeds)")
+    second_worst = {key(w): w for w in worst_cases(second["rows"])}  # the same plan: the same groups
+    pairs = [(w, second_worst[key(w)]) for w in worst_cases(first["rows"])]
     deltas = {m: max(abs(r[m] - runs[(*key(r), r["seed"])][m]) for r in first["rows"]) for m in METRICS}
     lines = ["| generator | method | λ | " + " | ".join(f"worst {k.replace('_', ' ')} (a / b)" for k in CHECKS)
              + " | pass (a / b) |", "|" + " --- |" * (4 + len(CHECKS))]
